@@ -1,0 +1,41 @@
+"""Rendering for people (rich tables) and scripts (--json)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+_WIDTH = None if sys.stdout.isatty() else 160
+out = Console(highlight=False, soft_wrap=True, width=_WIDTH)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def emit_json(value: Any) -> None:
+    """Print `value` as JSON on stdout."""
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Print a table."""
+    grid = Table(title=title, title_justify="left", header_style="bold")
+    for column in columns:
+        grid.add_column(column)
+    for row in rows:
+        grid.add_row(*("" if v is None else str(v) for v in row))
+    out.print(grid)
+
+
+def when(at_ms: int) -> str:
+    """A Unix-milliseconds time as local ISO 8601 to the second."""
+    return dt.datetime.fromtimestamp(at_ms / 1000).astimezone().isoformat(timespec="seconds")
+
+
+def short(hex_text: str, keep: int = 10) -> str:
+    """Shorten a 0x hash for a table."""
+    return hex_text if len(hex_text) <= keep + 4 else f"{hex_text[:keep]}…"

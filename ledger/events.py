@@ -1,0 +1,142 @@
+"""Ledger events: one frozen dataclass per fact, with a schema version and canonical CBOR.
+
+An event's payload on chain is ``canonical CBOR {"type": NAME, "v": VERSION,
+"fields": {...}}``; nested value objects become maps and tuples become
+arrays. Events carry ids, sizes, hashes and times, never chunk data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar, get_type_hints
+
+import cbor2
+from eth_utils.crypto import keccak
+
+from ledger.errors import LedgerCorrupted
+
+DEPLOYMENT_STREAM = "deployment"
+
+
+def vm_stream(vm: str) -> str:
+    """Return the name of the stream that holds a VM's history."""
+    return f"vm/{vm}"
+
+
+def stream_id(stream: str) -> bytes:
+    """Return the 32-byte id the contract keys a stream by."""
+    return keccak(stream.encode())
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of all events: a past-tense fact that happened at ``at_ms`` (Unix ms)."""
+
+    SCHEMA: ClassVar[int] = 1
+    at_ms: int
+
+    @property
+    def stream(self) -> str:
+        """The stream the event belongs to."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A VM disk: its role (system or data), resource id and size in bytes."""
+
+    role: str
+    resource_id: str
+    size: int
+
+
+@dataclass(frozen=True)
+class LedgerOpened(Event):
+    """The ledger contract of a deployment was deployed and opened for appends."""
+
+    deployment: str
+    contract: str
+    chain_id: int
+
+    @property
+    def stream(self) -> str:
+        """Deployment-wide facts live on one stream."""
+        return DEPLOYMENT_STREAM
+
+
+@dataclass(frozen=True)
+class VmRegistered(Event):
+    """A VM was registered: its type, host name, LAN address and disks."""
+
+    vm: str
+    vm_type: str
+    ip: str
+    disks: tuple[Disk, ...]
+
+    @property
+    def stream(self) -> str:
+        """Each VM has its own stream."""
+        return vm_stream(self.vm)
+
+
+EVENT_TYPES: dict[str, type[Event]] = {cls.__name__: cls for cls in (LedgerOpened, VmRegistered)}
+
+E = TypeVar("E")
+
+
+def encode(event: Event) -> bytes:
+    """Return the canonical CBOR payload of `event`."""
+    body = {"type": type(event).__name__, "v": event.SCHEMA, "fields": _plain(event)}
+    return cbor2.dumps(body, canonical=True)
+
+
+def decode(payload: bytes) -> Event:
+    """Rebuild an event from its payload; refuse anything that is not one."""
+    try:
+        body = cbor2.loads(payload)
+        cls = EVENT_TYPES[body["type"]]
+        if body["v"] != cls.SCHEMA:
+            raise LedgerCorrupted(f"{body['type']} schema {body['v']} is not supported")
+        return _build(cls, body["fields"])
+    except (cbor2.CBORDecodeError, KeyError, TypeError, ValueError) as err:
+        raise LedgerCorrupted(f"undecodable event payload: {err}") from err
+
+
+def as_dict(event: Event) -> dict[str, Any]:
+    """Return the event's fields as plain data (for JSON and the projection)."""
+    plain = _plain(event)
+    assert isinstance(plain, dict)
+    return plain
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _build(cls: type[E], fields: dict[str, Any]) -> E:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    if set(fields) != names:
+        raise ValueError(f"{cls.__name__} fields {sorted(fields)} != {sorted(names)}")
+    return cls(**{name: _coerce(hints[name], fields[name]) for name in names})
+
+
+def _coerce(hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        (item, _ellipsis) = typing.get_args(hint)
+        return tuple(_coerce(item, v) for v in value)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _build(hint, value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise TypeError(f"expected {hint.__name__}, got {type(value).__name__}")
+    return value

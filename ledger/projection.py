@@ -1,0 +1,274 @@
+"""The projection: SQL tables folded from events, checkpointed in the same transaction."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    Integer,
+    String,
+    create_engine,
+    delete,
+    select,
+)
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from ledger import events
+from ledger.contract import LedgerRecord
+from ledger.errors import LedgerCorrupted, LedgerError
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the projection tables."""
+
+
+class EventRow(Base):
+    """Every ledger event, in sequence order."""
+
+    __tablename__ = "events"
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    stream: Mapped[str] = mapped_column(String(200), index=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(64))
+    fields: Mapped[dict[str, Any]] = mapped_column(JSON)
+    at_ms: Mapped[int] = mapped_column(BigInteger)
+    subject: Mapped[str] = mapped_column(String(66))
+    root: Mapped[str] = mapped_column(String(66))
+    status: Mapped[int] = mapped_column(Integer)
+    head: Mapped[str] = mapped_column(String(66))
+    sender: Mapped[str] = mapped_column(String(42))
+    block_number: Mapped[int] = mapped_column(BigInteger)
+    tx_hash: Mapped[str] = mapped_column(String(66))
+
+
+class StreamRow(Base):
+    """The version of every stream (the count of its events)."""
+
+    __tablename__ = "streams"
+    stream: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+
+
+class VmRow(Base):
+    """A registered VM."""
+
+    __tablename__ = "vms"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    vm_type: Mapped[str] = mapped_column(String(32))
+    ip: Mapped[str] = mapped_column(String(64))
+    registered_at_ms: Mapped[int] = mapped_column(BigInteger)
+    registered_seq: Mapped[int] = mapped_column(BigInteger)
+
+
+class DiskRow(Base):
+    """A VM's disk."""
+
+    __tablename__ = "disks"
+    vm: Mapped[str] = mapped_column(ForeignKey("vms.name"), primary_key=True)
+    resource_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    size: Mapped[int] = mapped_column(BigInteger)
+
+
+class CheckpointRow(Base):
+    """The last applied event: its sequence number, chain head and block."""
+
+    __tablename__ = "checkpoint"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    head: Mapped[str] = mapped_column(String(66))
+    block_number: Mapped[int] = mapped_column(BigInteger)
+
+
+TABLES: tuple[type[Base], ...] = (EventRow, StreamRow, VmRow, DiskRow, CheckpointRow)
+
+
+class Projection:
+    """Query tables built by folding ledger events, in SQLite or PostgreSQL by URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self._engine: Engine = create_engine(url)
+            if self._engine.dialect.name == "sqlite":
+                sa_event.listen(self._engine, "connect", _sqlite_pragmas)
+            Base.metadata.create_all(self._engine)
+        except SQLAlchemyError as err:
+            raise LedgerError(f"cannot open the projection database {url}: {err}") from err
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self._engine.dispose()
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Return (last applied sequence number, its block number); (0, 0) when empty."""
+        with Session(self._engine) as session:
+            row = session.get(CheckpointRow, 1)
+            return (row.seq, row.block_number) if row else (0, 0)
+
+    def apply(self, records: Sequence[LedgerRecord]) -> int:
+        """Fold `records` in one transaction with the checkpoint; skip those already applied."""
+        applied = 0
+        with Session(self._engine) as session, session.begin():
+            point = session.get(CheckpointRow, 1) or CheckpointRow(
+                id=1, seq=0, head="", block_number=0
+            )
+            for record in records:
+                if record.seq <= point.seq:
+                    continue
+                if record.seq != point.seq + 1:
+                    raise LedgerCorrupted(
+                        f"event {record.seq} follows {point.seq}: a gap in the ledger"
+                    )
+                _fold(session, record, record.event)
+                point.seq, point.head, point.block_number = (
+                    record.seq,
+                    _hex(record.head),
+                    record.block_number,
+                )
+                applied += 1
+            session.merge(point)
+        return applied
+
+    def reset(self) -> None:
+        """Drop every row (before a replay)."""
+        with Session(self._engine) as session, session.begin():
+            for table in reversed(TABLES):
+                session.execute(delete(table))
+
+    def dump(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of every table, sorted: two projections are equal when their dumps are."""
+        out: dict[str, list[tuple[Any, ...]]] = {}
+        with Session(self._engine) as session:
+            for table in TABLES:
+                cols = [c.key for c in table.__table__.columns]
+                rows = session.execute(select(table)).scalars()
+                out[table.__tablename__] = sorted(
+                    tuple(_comparable(getattr(r, c)) for c in cols) for r in rows
+                )
+        return out
+
+    def stream_version(self, stream: str) -> int:
+        """The number of events on `stream` seen so far."""
+        with Session(self._engine) as session:
+            row = session.get(StreamRow, stream)
+            return row.version if row else 0
+
+    def vms(self) -> list[dict[str, Any]]:
+        """Every registered VM with its disks, by name."""
+        with Session(self._engine) as session:
+            rows = session.execute(select(VmRow).order_by(VmRow.name)).scalars().all()
+            return [_vm_dict(session, row) for row in rows]
+
+    def vm(self, name: str) -> dict[str, Any] | None:
+        """One VM with its disks, or None."""
+        with Session(self._engine) as session:
+            row = session.get(VmRow, name)
+            return _vm_dict(session, row) if row else None
+
+    def events(self, stream: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Events in sequence order, optionally of one stream, the last `limit` of them."""
+        with Session(self._engine) as session:
+            query = select(EventRow).order_by(EventRow.seq.desc())
+            if stream is not None:
+                query = query.where(EventRow.stream == stream)
+            if limit is not None:
+                query = query.limit(limit)
+            rows = session.execute(query).scalars().all()
+            return [_event_dict(row) for row in reversed(rows)]
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    # The projection is rebuilt from the chain after a crash, so WAL without
+    # an fsync per commit is safe and keeps appends fast.
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _fold(session: Session, record: LedgerRecord, event: events.Event) -> None:
+    stream = event.stream
+    if events.stream_id(stream) != record.stream_id:
+        raise LedgerCorrupted(f"event {record.seq} names stream {stream} but was logged on another")
+    session.add(
+        EventRow(
+            seq=record.seq,
+            stream=stream,
+            version=record.version,
+            type=type(event).__name__,
+            fields=events.as_dict(event),
+            at_ms=event.at_ms,
+            subject=_hex(record.subject),
+            root=_hex(record.root),
+            status=record.status,
+            head=_hex(record.head),
+            sender=record.sender,
+            block_number=record.block_number,
+            tx_hash=_hex(record.tx_hash),
+        )
+    )
+    session.merge(StreamRow(stream=stream, version=record.version))
+    if isinstance(event, events.VmRegistered):
+        session.add(
+            VmRow(
+                name=event.vm,
+                vm_type=event.vm_type,
+                ip=event.ip,
+                registered_at_ms=event.at_ms,
+                registered_seq=record.seq,
+            )
+        )
+        session.flush()
+        session.add_all(
+            DiskRow(vm=event.vm, resource_id=d.resource_id, role=d.role, size=d.size)
+            for d in event.disks
+        )
+
+
+def _vm_dict(session: Session, row: VmRow) -> dict[str, Any]:
+    disks = session.execute(
+        select(DiskRow).where(DiskRow.vm == row.name).order_by(DiskRow.resource_id)
+    ).scalars()
+    return {
+        "name": row.name,
+        "type": row.vm_type,
+        "ip": row.ip,
+        "registered_at_ms": row.registered_at_ms,
+        "registered_seq": row.registered_seq,
+        "disks": [{"role": d.role, "resource_id": d.resource_id, "size": d.size} for d in disks],
+    }
+
+
+def _event_dict(row: EventRow) -> dict[str, Any]:
+    return {
+        "seq": row.seq,
+        "stream": row.stream,
+        "version": row.version,
+        "type": row.type,
+        "fields": row.fields,
+        "at_ms": row.at_ms,
+        "subject": row.subject,
+        "root": row.root,
+        "status": row.status,
+        "head": row.head,
+        "sender": row.sender,
+        "block_number": row.block_number,
+        "tx_hash": row.tx_hash,
+    }
+
+
+def _hex(value: bytes) -> str:
+    return "0x" + value.hex()
+
+
+def _comparable(value: Any) -> Any:
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value

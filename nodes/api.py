@@ -1,0 +1,68 @@
+"""The controller's operations as functions: what the CLI calls."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ledger.events import Disk
+from nodes.client import call_sync
+from nodes.config import Config
+from nodes.network import controller
+
+
+class ControllerApi:
+    """Calls to the running controller of a deployment."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def _call(self, op: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        run = controller(self.config)
+        return call_sync(
+            run.host,
+            run.port,
+            self.config.secret(),
+            op,
+            args or {},
+            peer=run.name,
+            timeout=self.config.wire.timeout,
+        )
+
+    def register_vm(
+        self, name: str, vm_type: str, ip: str, disks: Sequence[Disk]
+    ) -> dict[str, Any]:
+        """Register a VM and its disks."""
+        wire_disks = [{"role": d.role, "resource_id": d.resource_id, "size": d.size} for d in disks]
+        return self._call(
+            "vm.register", {"name": name, "type": vm_type, "ip": ip, "disks": wire_disks}
+        )
+
+    def vms(self) -> list[dict[str, Any]]:
+        """Every registered VM."""
+        return list(self._call("vm.list")["vms"])
+
+    def vm(self, name: str) -> dict[str, Any]:
+        """One VM and its history."""
+        return self._call("vm.show", {"name": name})
+
+    def log(self, vm: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Ledger events in order."""
+        args: dict[str, Any] = {}
+        if vm is not None:
+            args["vm"] = vm
+        if limit is not None:
+            args["limit"] = limit
+        return list(self._call("ledger.log", args)["events"])
+
+    def head(self) -> dict[str, Any]:
+        """The ledger head."""
+        return self._call("ledger.head")
+
+    def verify(self) -> dict[str, Any]:
+        """Audit the ledger."""
+        return self._call("ledger.verify")
+
+    def replay(self) -> dict[str, Any]:
+        """Rebuild the projection."""
+        return self._call("ledger.replay")

@@ -1,0 +1,217 @@
+"""Typed configuration: one TOML file, ``VMSNAP_*`` overrides, read once and passed down."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, get_type_hints
+
+from ledger.chain import ChainSettings
+from ledger.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from ledger.service import LedgerSettings
+
+CONFIG_NAME = "vmsnap.toml"
+MAX_FRAME = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    """Where the deployment keeps its files (paths relative to the config file)."""
+
+    name: str = "vmsnap"
+    data_dir: str = "data"
+    secret_file: str = "secret"
+    operator_key_file: str = "operator.key"
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Where node processes listen; port 0 picks a free port and records it in the run file."""
+
+    host: str = "127.0.0.1"
+    base_port: int = 0
+    start_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class ChainConfig:
+    """The chain backend: embedded eth-tester, or a JSON-RPC node by URL."""
+
+    backend: str = "eth-tester"
+    rpc_url: str = ""
+    contract_address: str = ""
+    genesis_timestamp: int = 1_767_225_600
+
+
+@dataclass(frozen=True)
+class ProjectionConfig:
+    """The projection database URL; empty means a SQLite file in the controller's folder."""
+
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class WireConfig:
+    """Limits of the wire protocol between processes."""
+
+    max_frame: int = MAX_FRAME
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """A deployment's whole configuration."""
+
+    path: Path
+    deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    chain: ChainConfig = field(default_factory=ChainConfig)
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    wire: WireConfig = field(default_factory=WireConfig)
+
+    @property
+    def root(self) -> Path:
+        """The folder holding the config file; relative paths start here."""
+        return self.path.parent
+
+    @property
+    def data_dir(self) -> Path:
+        """The deployment's data folder."""
+        return self.root / self.deployment.data_dir
+
+    @property
+    def run_dir(self) -> Path:
+        """Where running nodes leave their run files."""
+        return self.data_dir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        """Where node processes write their logs."""
+        return self.data_dir / "logs"
+
+    def node_dir(self, name: str) -> Path:
+        """A node's own data folder."""
+        return self.data_dir / "nodes" / name
+
+    def secret(self) -> bytes:
+        """The deployment secret every connection authenticates with."""
+        text = _read_secret(self.root / self.deployment.secret_file, "secret")
+        try:
+            return bytes.fromhex(text)
+        except ValueError as err:
+            raise ConfigError("secret", "the secret file does not hold hex") from err
+
+    def operator_key(self) -> str:
+        """The operator's private key (hex)."""
+        return _read_secret(self.root / self.deployment.operator_key_file, "operator key")
+
+    def ledger_settings(self, node: str = "controller") -> LedgerSettings:
+        """The ledger settings of the node that hosts the ledger."""
+        from eth_account import Account
+
+        from ledger.service import LedgerSettings
+
+        key = self.operator_key()
+        try:
+            operator = Account.from_key(bytes.fromhex(key.removeprefix("0x"))).address
+        except ValueError as err:
+            raise ConfigError("operator key", "not a valid private key") from err
+        folder = self.node_dir(node)
+        return LedgerSettings(
+            deployment=self.deployment.name,
+            chain=ChainSettings(
+                backend=self.chain.backend,
+                rpc_url=self.chain.rpc_url,
+                data_dir=folder / "chain",
+                genesis_timestamp=self.chain.genesis_timestamp,
+                funded=(operator,),
+                timeout=self.wire.timeout,
+            ),
+            projection_url=self.projection.url or f"sqlite:///{folder / 'projection.sqlite'}",
+            state_file=folder / "ledger.json",
+            operator_key=key,
+            contract_address=self.chain.contract_address,
+            contract_cache=self.data_dir / "cache",
+        )
+
+
+SECTIONS = {
+    "deployment": DeploymentConfig,
+    "network": NetworkConfig,
+    "chain": ChainConfig,
+    "projection": ProjectionConfig,
+    "wire": WireConfig,
+}
+
+
+def find_config(explicit: Path | None, env: Mapping[str, str], cwd: Path) -> Path:
+    """Locate the config: --config, then $VMSNAP_CONFIG, then ./vmsnap.toml."""
+    if explicit is not None:
+        path = explicit
+    elif env.get("VMSNAP_CONFIG"):
+        path = Path(env["VMSNAP_CONFIG"])
+    else:
+        path = cwd / CONFIG_NAME
+    if path.is_dir():
+        path = path / CONFIG_NAME
+    if not path.is_file():
+        raise InputError(f"no configuration at {path}: run vmsnap init, or pass --config")
+    return path.resolve()
+
+
+def load_config(path: Path, env: Mapping[str, str]) -> Config:
+    """Read `path`, apply ``VMSNAP_SECTION_KEY`` overrides from `env`, and check the types."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(str(path), str(err)) from err
+    unknown = set(raw) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(str(path), f"unknown section [{sorted(unknown)[0]}]")
+    sections = {name: _section(name, cls, raw.get(name, {}), env) for name, cls in SECTIONS.items()}
+    return Config(path=path, **sections)
+
+
+def _section(name: str, cls: type[Any], values: Any, env: Mapping[str, str]) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{name}]", "must be a table")
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"[{name}]", f"unknown key {sorted(unknown)[0]!r}")
+    merged: dict[str, Any] = dict(values)
+    for key in known:
+        override = env.get(f"VMSNAP_{name}_{key}".upper())
+        if override is not None:
+            merged[key] = _parse_env(f"VMSNAP_{name}_{key}".upper(), hints[key], override)
+    for key, value in merged.items():
+        merged[key] = _typed(f"{name}.{key}", hints[key], value)
+    return cls(**merged)
+
+
+def _parse_env(where: str, hint: Any, text: str) -> Any:
+    try:
+        return hint(text) if hint in (int, float) else text
+    except ValueError as err:
+        raise ConfigError(where, f"{text!r} is not a valid {hint.__name__}") from err
+
+
+def _typed(where: str, hint: Any, value: Any) -> Any:
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or isinstance(value, bool) != (hint is bool):
+        raise ConfigError(where, f"expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _read_secret(path: Path, what: str) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as err:
+        raise ConfigError(what, f"cannot read {path}: {err.strerror}") from err

@@ -1,0 +1,168 @@
+"""The controller: hosts the ledger and answers the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from ledger import events
+from ledger.contract import Entry
+from ledger.errors import InputError, UnknownVm, VersionConflict, VmExists
+from ledger.service import Ledger
+from ledger.vm import disk, registration
+from nodes.config import Config
+
+T = TypeVar("T")
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class Controller:
+    """The controller's request handlers; every ledger call runs on one worker thread.
+
+    The EVM and the projection are CPU and disk work: they run on a single
+    thread, which also serialises appends so stream versions stay in order.
+    """
+
+    def __init__(self, config: Config, ledger: Ledger, name: str = "controller") -> None:
+        self.config = config
+        self.ledger = ledger
+        self.name = name
+        self.started = time.time()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+
+    @classmethod
+    async def open(cls, config: Config, name: str = "controller") -> Controller:
+        """Open the ledger (deploying the contract on first start) off the event loop."""
+        settings = config.ledger_settings(name)
+        ledger = await asyncio.to_thread(Ledger.open, settings)
+        return cls(config, ledger, name)
+
+    async def close(self) -> None:
+        """Finish pending ledger work and close the ledger."""
+        await self._run(self.ledger.close)
+        self._worker.shutdown(wait=True)
+
+    def handlers(self) -> dict[str, Handler]:
+        """The operations this node serves, by name."""
+        return {
+            "node.status": self.status,
+            "vm.register": self.register_vm,
+            "vm.list": self.list_vms,
+            "vm.show": self.show_vm,
+            "ledger.log": self.ledger_log,
+            "ledger.head": self.ledger_head,
+            "ledger.verify": self.ledger_verify,
+            "ledger.replay": self.ledger_replay,
+        }
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    async def status(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Report the node's state and the ledger head."""
+        head = await self._run(self.ledger.head)
+        return {
+            "name": self.name,
+            "role": "controller",
+            "pid": os.getpid(),
+            "uptime": time.time() - self.started,
+            "ledger": head,
+        }
+
+    async def register_vm(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Record a VmRegistered event; refuse a name already taken."""
+        disks = tuple(_disk(d) for d in _list(args, "disks"))
+        event = registration(
+            _text(args, "name"), _text(args, "type"), _text(args, "ip"), disks, self.ledger.now_ms()
+        )
+        return await self._run(self._register, event)
+
+    def _register(self, event: events.VmRegistered) -> dict[str, Any]:
+        if self.ledger.projection.vm(event.vm) is not None:
+            raise VmExists(event.vm)
+        try:
+            (record,) = self.ledger.append([Entry(event, 0)])
+        except VersionConflict as err:
+            raise VmExists(event.vm) from err
+        vm = self.ledger.projection.vm(event.vm)
+        assert vm is not None
+        return {"vm": vm, "seq": record.seq, "tx_hash": "0x" + record.tx_hash.hex()}
+
+    async def list_vms(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Every registered VM."""
+        return {"vms": await self._run(self.ledger.projection.vms)}
+
+    async def show_vm(self, args: dict[str, Any]) -> dict[str, Any]:
+        """One VM, with its history."""
+        name = _text(args, "name")
+        vm = await self._run(self.ledger.projection.vm, name)
+        if vm is None:
+            raise UnknownVm(name)
+        history = await self._run(self.ledger.projection.events, events.vm_stream(name))
+        return {"vm": vm, "events": history}
+
+    async def ledger_log(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Events in order, optionally of one VM and only the last N."""
+        vm = args.get("vm")
+        limit = args.get("limit")
+        stream = None
+        if vm is not None:
+            if await self._run(self.ledger.projection.vm, str(vm)) is None:
+                raise UnknownVm(str(vm))
+            stream = events.vm_stream(str(vm))
+        if limit is not None and (not isinstance(limit, int) or limit <= 0):
+            raise InputError("--limit must be a positive number")
+        return {"events": await self._run(self.ledger.projection.events, stream, limit)}
+
+    async def ledger_head(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The contract's head and count."""
+        return await self._run(self.ledger.head)
+
+    async def ledger_verify(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Recompute the hash chain and compare the projection with a fresh replay."""
+
+        def verify() -> dict[str, Any]:
+            report, fresh = self.ledger.verify()
+            fresh.close()
+            return {
+                "ok": report.ok,
+                "events": report.events,
+                "head": report.head,
+                "contract_head": report.contract_head,
+                "contract_count": report.contract_count,
+                "projection_matches": report.projection_matches,
+                "problems": report.problems,
+            }
+
+        return await self._run(verify)
+
+    async def ledger_replay(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Rebuild the projection from the chain."""
+        started = time.monotonic()
+        applied = await self._run(self.ledger.replay)
+        return {"events": applied, "seconds": time.monotonic() - started}
+
+
+def _text(args: dict[str, Any], key: str) -> str:
+    value = args.get(key)
+    if not isinstance(value, str):
+        raise InputError(f"missing or invalid {key!r}")
+    return value
+
+
+def _disk(value: dict[str, Any]) -> events.Disk:
+    role, resource_id, size = value.get("role"), value.get("resource_id"), value.get("size")
+    if not isinstance(role, str) or not isinstance(resource_id, str) or not isinstance(size, int):
+        raise InputError("a disk needs a role, a resource_id and an integer size")
+    return disk(role, resource_id, size)
+
+
+def _list(args: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    value = args.get(key)
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise InputError(f"missing or invalid {key!r}")
+    return value

@@ -1,0 +1,77 @@
+"""Create a deployment: its config file, secret, operator key and data folders."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ledger.errors import InputError
+from nodes.config import CONFIG_NAME, Config, load_config
+
+TEMPLATE = """\
+# vmsnap deployment configuration; see docs/operations.md.
+# Environment variables VMSNAP_<SECTION>_<KEY> override any value here.
+
+[deployment]
+name = "{name}"
+data_dir = "data"
+secret_file = "secret"             # 32 random bytes, hex; every node connection proves it
+operator_key_file = "operator.key"  # the account that deploys the contract and appends events
+
+[network]
+host = "127.0.0.1"
+base_port = {base_port}                      # 0: each node takes a free port, recorded in data/run/
+
+[chain]
+backend = "eth-tester"             # or "rpc" with rpc_url = "http://127.0.0.1:8545"
+rpc_url = ""
+contract_address = ""              # attach to an existing contract instead of deploying one
+genesis_timestamp = {genesis}       # fixed so every ledger replica has the same genesis block
+
+[projection]
+url = ""                           # empty: SQLite in data/nodes/controller/; or postgresql+psycopg://...
+
+[wire]
+max_frame = 16777216
+timeout = 30.0
+"""
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What init created."""
+
+    config: Config
+    operator: str
+
+
+def init_deployment(folder: Path, name: str = "vmsnap", base_port: int = 0) -> Deployment:
+    """Write a working deployment into `folder`; refuse if one is already there."""
+    if not 0 <= base_port <= 65535:
+        raise InputError(f"invalid base port {base_port}: use 0 to 65535")
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise InputError(f"invalid deployment name {name!r}: letters, digits, '-' and '_'")
+    config_path = folder / CONFIG_NAME
+    if config_path.exists():
+        raise InputError(f"a deployment already exists in {folder}")
+    from eth_account import Account
+
+    folder.mkdir(parents=True, exist_ok=True)
+    account = Account.create()
+    _write_private(folder / "secret", secrets.token_hex(32) + "\n")
+    _write_private(folder / "operator.key", account.key.hex() + "\n")
+    text = TEMPLATE.format(name=name, base_port=base_port, genesis=int(time.time()))
+    config_path.write_text(text)
+    config = load_config(config_path.resolve(), {})
+    for path in (config.data_dir, config.run_dir, config.log_dir):
+        path.mkdir(parents=True, exist_ok=True)
+    return Deployment(config=config, operator=account.address)
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)

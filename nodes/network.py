@@ -1,0 +1,204 @@
+"""The local network: start, stop and inspect the node processes of a deployment."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nodes.client import call_sync
+from nodes.config import Config
+from nodes.errors import NetworkNotRunning, NodeError
+from nodes.runfile import RunFile
+
+STOP_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A node of the topology: its name and role."""
+
+    name: str
+    role: str
+
+
+def topology(config: Config) -> list[NodeSpec]:
+    """The nodes a deployment runs."""
+    return [NodeSpec("controller", "controller")]
+
+
+def up(config: Config, env: Mapping[str, str]) -> list[RunFile]:
+    """Start every node that is not running; wait until each answers."""
+    started: list[RunFile] = []
+    for spec in topology(config):
+        if _alive(config, spec.name) is not None:
+            continue
+        started.append(_start(config, spec, env))
+    return started
+
+
+def down(config: Config) -> list[str]:
+    """Stop every running node (SIGTERM, then SIGKILL after a grace period)."""
+    stopped: list[str] = []
+    for path in sorted(config.run_dir.glob("*.json")):
+        run = RunFile.read(path)
+        if run is None:
+            path.unlink(missing_ok=True)
+            continue
+        if _pid_alive(run.pid):
+            _terminate(run.pid)
+            stopped.append(run.name)
+        path.unlink(missing_ok=True)
+    return stopped
+
+
+def status(config: Config) -> list[dict[str, Any]]:
+    """Every node of the topology: address, process and whether it answers."""
+    rows: list[dict[str, Any]] = []
+    for spec in topology(config):
+        run = RunFile.read(config.run_dir / f"{spec.name}.json")
+        row: dict[str, Any] = {
+            "name": spec.name,
+            "role": spec.role,
+            "state": "down",
+            "host": None,
+            "port": None,
+            "pid": None,
+            "detail": {},
+        }
+        if run is not None and _pid_alive(run.pid):
+            row.update(host=run.host, port=run.port, pid=run.pid)
+            try:
+                row["detail"] = call_sync(
+                    run.host,
+                    run.port,
+                    config.secret(),
+                    "node.status",
+                    peer=run.name,
+                    timeout=config.wire.timeout,
+                )
+                row["state"] = "up"
+            except NodeError as err:
+                row["state"] = "unresponsive"
+                row["detail"] = {"error": str(err)}
+        rows.append(row)
+    return rows
+
+
+def controller(config: Config) -> RunFile:
+    """The running controller's run file; NetworkNotRunning if there is none."""
+    run = RunFile.read(config.run_dir / "controller.json")
+    if run is None or not _pid_alive(run.pid):
+        raise NetworkNotRunning()
+    return run
+
+
+def _alive(config: Config, name: str) -> RunFile | None:
+    run = RunFile.read(config.run_dir / f"{name}.json")
+    if run is not None and _pid_alive(run.pid):
+        return run
+    return None
+
+
+def _start(config: Config, spec: NodeSpec, env: Mapping[str, str]) -> RunFile:
+    runfile = config.run_dir / f"{spec.name}.json"
+    runfile.unlink(missing_ok=True)
+    config.log_dir.mkdir(parents=True, exist_ok=True)
+    logfile = config.log_dir / f"{spec.name}.log"
+    command = [
+        sys.executable,
+        "-m",
+        "cli",
+        "--config",
+        str(config.path),
+        "node",
+        "run",
+        "--role",
+        spec.role,
+        "--name",
+        spec.name,
+    ]
+    log_fd = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        pid = os.posix_spawn(
+            sys.executable,
+            command,
+            dict(env),
+            setsid=True,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                (os.POSIX_SPAWN_DUP2, log_fd, 2),
+            ],
+        )
+    finally:
+        os.close(log_fd)
+    deadline = time.monotonic() + config.network.start_timeout
+    while time.monotonic() < deadline:
+        if _exited(pid):
+            raise NodeError(f"node {spec.name} exited at start: {_last_line(logfile)}")
+        run = RunFile.read(runfile)
+        if run is not None and run.pid == pid:
+            return run
+        time.sleep(0.05)
+    _terminate(pid)
+    raise NodeError(
+        f"node {spec.name} did not start within {config.network.start_timeout:g} s; see {logfile}"
+    )
+
+
+def _exited(pid: int) -> bool:
+    """Reap `pid` if it is a child of this process that has exited."""
+    try:
+        done, _status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return not _pid_alive(pid)
+    return done == pid
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with Path(f"/proc/{pid}/stat").open() as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _terminate(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline:
+        if _exited(pid) or not _pid_alive(pid):
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    _exited(pid)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "no output"

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from cli.main import app
+
+
+@dataclass
+class Deployment:
+    """A deployment folder and a runner bound to its config."""
+
+    root: Path
+    runner: CliRunner
+
+    @property
+    def config(self) -> Path:
+        return self.root / "vmsnap.toml"
+
+    def run(self, *args: str) -> Result:
+        return self.runner.invoke(app, ["--config", str(self.config), *args])
+
+    def ok(self, *args: str) -> Result:
+        result = self.run(*args)
+        assert result.exit_code == 0, result.output
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.ok(*args, "--json").stdout)
+
+
+def make_deployment(root: Path) -> Deployment:
+    runner = CliRunner()
+    result = runner.invoke(app, ["init", "--dir", str(root), "--name", "test"])
+    assert result.exit_code == 0, result.output
+    return Deployment(root, runner)
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Deployment:
+    return make_deployment(tmp_path / "deployment")
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """A deployment with its network running for the whole module."""
+    deployment = make_deployment(tmp_path_factory.mktemp("net") / "deployment")
+    deployment.ok("up")
+    try:
+        yield deployment
+    finally:
+        deployment.run("down")

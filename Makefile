@@ -2,8 +2,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+ANVIL  := .tools/node_modules/.bin/anvil
+ANVIL_VERSION := 1.7.1
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup tools demo test lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,6 +14,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# anvil, a real JSON-RPC Ethereum node the chain-backend tests run against
+tools:
+	@if [ -x $(ANVIL) ]; then :; \
+	elif command -v npm >/dev/null 2>&1; then \
+		npm install --silent --no-audit --no-fund --prefix .tools @foundry-rs/anvil@$(ANVIL_VERSION); \
+	else echo "npm not found: tests that need anvil will be skipped"; fi
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
@@ -25,11 +34,11 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint
+test: lint tools
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/ledger_bench.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -261,16 +261,23 @@ class LedgerContract:
             self.chain.call(self._sender, self.address, data)
         except TransactionReverted as err:
             if err.reason == "stream version conflict":
-                for entry in entries:
-                    actual = self.stream_version(entry.event.stream)
-                    if actual != entry.expected_version:
-                        raise VersionConflict(
-                            entry.event.stream, entry.expected_version, actual
-                        ) from err
+                self._raise_conflict(entries, err)
             if err.reason.startswith(_AUTH_REASONS):
                 raise Unauthorised(self.account.address, err.reason) from err
             raise
         raise ChainError("the ledger transaction ran out of gas")
+
+    def _raise_conflict(self, entries: Sequence[Entry], err: TransactionReverted) -> None:
+        """Name the first entry whose expected version the batch could not meet."""
+        versions: dict[str, int] = {}
+        for entry in entries:
+            stream = entry.event.stream
+            actual = versions.get(stream)
+            if actual is None:
+                actual = self.stream_version(stream)
+            if actual != entry.expected_version:
+                raise VersionConflict(stream, entry.expected_version, actual) from err
+            versions[stream] = actual + 1
 
     def _record(self, raw: RawLog) -> LedgerRecord | None:
         if raw.address != self.address or not raw.topics or raw.topics[0] != _APPENDED:

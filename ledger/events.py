@@ -98,7 +98,7 @@ def decode(payload: bytes) -> Event:
     try:
         body = cbor2.loads(payload)
         cls = EVENT_TYPES[body["type"]]
-        if body["v"] != cls.SCHEMA:
+        if type(body["v"]) is not int or body["v"] != cls.SCHEMA:
             raise LedgerCorrupted(f"{body['type']} schema {body['v']} is not supported")
         return _build(cls, body["fields"])
     except (cbor2.CBORDecodeError, KeyError, TypeError, ValueError) as err:
@@ -131,12 +131,18 @@ def _build(cls: type[E], fields: dict[str, Any]) -> E:
 def _coerce(hint: Any, value: Any) -> Any:
     origin = typing.get_origin(hint)
     if origin is tuple:
+        if not isinstance(value, list):
+            raise TypeError(f"expected an array, got {type(value).__name__}")
         (item, _ellipsis) = typing.get_args(hint)
         return tuple(_coerce(item, v) for v in value)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a map, got {type(value).__name__}")
         return _build(hint, value)
     if origin in (typing.Union, types.UnionType):
         return value
-    if isinstance(hint, type) and not isinstance(value, hint):
+    if isinstance(hint, type) and (
+        not isinstance(value, hint) or (isinstance(value, bool) and hint is not bool)
+    ):
         raise TypeError(f"expected {hint.__name__}, got {type(value).__name__}")
     return value

@@ -102,7 +102,9 @@ class Projection:
                 sa_event.listen(self._engine, "connect", _sqlite_pragmas)
             Base.metadata.create_all(self._engine)
         except SQLAlchemyError as err:
-            raise LedgerError(f"cannot open the projection database {url}: {err}") from err
+            raise LedgerError(
+                f"cannot open the projection database {url}: {_first_line(err)}"
+            ) from err
 
     def close(self) -> None:
         """Release the database connections."""
@@ -116,27 +118,11 @@ class Projection:
 
     def apply(self, records: Sequence[LedgerRecord]) -> int:
         """Fold `records` in one transaction with the checkpoint; skip those already applied."""
-        applied = 0
-        with Session(self._engine) as session, session.begin():
-            point = session.get(CheckpointRow, 1) or CheckpointRow(
-                id=1, seq=0, head="", block_number=0
-            )
-            for record in records:
-                if record.seq <= point.seq:
-                    continue
-                if record.seq != point.seq + 1:
-                    raise LedgerCorrupted(
-                        f"event {record.seq} follows {point.seq}: a gap in the ledger"
-                    )
-                _fold(session, record, record.event)
-                point.seq, point.head, point.block_number = (
-                    record.seq,
-                    _hex(record.head),
-                    record.block_number,
-                )
-                applied += 1
-            session.merge(point)
-        return applied
+        try:
+            with Session(self._engine) as session, session.begin():
+                return _apply_in(session, records)
+        except SQLAlchemyError as err:
+            raise LedgerError(f"projection database error: {_first_line(err)}") from err
 
     def reset(self) -> None:
         """Drop every row (before a replay)."""
@@ -186,6 +172,22 @@ class Projection:
             return [_event_dict(row) for row in reversed(rows)]
 
 
+def _apply_in(session: Session, records: Sequence[LedgerRecord]) -> int:
+    point = session.get(CheckpointRow, 1) or CheckpointRow(id=1, seq=0, head="", block_number=0)
+    applied = 0
+    for record in records:
+        if record.seq <= point.seq:
+            continue
+        if record.seq != point.seq + 1:
+            raise LedgerCorrupted(f"event {record.seq} follows {point.seq}: a gap in the ledger")
+        _fold(session, record, record.event)
+        point.seq, point.head = record.seq, _hex(record.head)
+        point.block_number = record.block_number
+        applied += 1
+    session.merge(point)
+    return applied
+
+
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     # The projection is rebuilt from the chain after a crash, so WAL without
     # an fsync per commit is safe and keeps appends fast.
@@ -218,7 +220,8 @@ def _fold(session: Session, record: LedgerRecord, event: events.Event) -> None:
     )
     session.merge(StreamRow(stream=stream, version=record.version))
     if isinstance(event, events.VmRegistered):
-        session.add(
+        session.execute(delete(DiskRow).where(DiskRow.vm == event.vm))
+        session.merge(
             VmRow(
                 name=event.vm,
                 vm_type=event.vm_type,
@@ -264,6 +267,10 @@ def _event_dict(row: EventRow) -> dict[str, Any]:
         "block_number": row.block_number,
         "tx_hash": row.tx_hash,
     }
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0]
 
 
 def _hex(value: bytes) -> str:

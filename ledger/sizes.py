@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 from ledger.errors import InputError
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
-_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?\s*$", re.IGNORECASE)
+_PATTERN = re.compile(r"\s*(\d{1,30}(?:\.\d{1,30})?)\s*([KMGTP]?)(?:I?B)?\s*", re.IGNORECASE)
 
 
 def parse_size(text: str) -> int:
     """Return the number of bytes `text` names (binary units); refuse anything else."""
-    match = _PATTERN.match(text)
+    match = _PATTERN.fullmatch(text)
     if not match:
         raise InputError(
             f"invalid size {text!r}: use a number with an optional unit K, M, G, T or P"
         )
     number, unit = match.groups()
-    value = float(number) * _UNITS[unit.upper()]
-    if value != int(value):
+    value = Fraction(number) * _UNITS[unit.upper()]
+    if value.denominator != 1:
         raise InputError(f"invalid size {text!r}: not a whole number of bytes")
     return int(value)
 

@@ -79,7 +79,8 @@ class EmbeddedChain(Chain):
         self._txlog = txlog
         self._clock = clock
         params, genesis_state = genesis_for(settings)
-        chain_class = type(setup_tester_chain(params, genesis_state or None)[1])
+        configured = setup_tester_chain(params, genesis_state or None)[1]
+        chain_class = type(configured)
         if state.empty:
             self._evm = chain_class.from_genesis(AtomicDB(state), params, genesis_state)
             state.checkpoint()
@@ -89,7 +90,7 @@ class EmbeddedChain(Chain):
         self._tester = PyEVMBackend.__new__(PyEVMBackend)
         self._tester.chain = self._evm
         self._tester.account_keys = ()
-        self._check_genesis()
+        self._check_genesis(bytes(configured.get_canonical_head().hash))
         self._recover()
 
     @classmethod
@@ -180,8 +181,13 @@ class EmbeddedChain(Chain):
         block = evm.mine_block(mix_hash=keccak(_MIX_DOMAIN + parent.hash), blob_gas_used=0)
         return bytes(block.hash)
 
-    def _check_genesis(self) -> None:
+    def _check_genesis(self, configured: bytes) -> None:
         genesis = self._evm.get_canonical_block_header_by_number(0)
+        if genesis.hash != configured:
+            raise LedgerCorrupted(
+                "the stored genesis block differs from the configured one "
+                "(was chain.genesis_timestamp or the operator key changed?)"
+            )
         if not self._txlog.blocks:
             self._txlog.append(LoggedBlock(0, genesis.timestamp, b"", bytes(genesis.hash)))
         elif self._txlog.blocks[0].block_hash != genesis.hash:

@@ -13,7 +13,8 @@ import cbor2
 from ledger.errors import LedgerCorrupted
 
 MAGIC = b"VMSNAP-TXLOG-1\n"
-_HEADER = struct.Struct(">II")
+_HEADER = struct.Struct(">III")
+_FIELDS = struct.Struct(">II")
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,14 @@ class TxLog:
     Layout::
 
         MAGIC
-        record*   record = u32 length | u32 crc32(body) | body
+        record*   record = u32 length | u32 crc32(body) | u32 crc32(length, crc32(body)) | body
                   body   = canonical CBOR {"n": int, "ts": int, "raw": bytes, "hash": bytes}
 
     Every append is flushed and fsynced before the caller is answered. A torn
-    record at the end (a crash mid-write) is cut off on open; a damaged record
-    followed by good ones means the file was altered, and is refused.
+    record at the end (a crash mid-write: a short header, a short body, or
+    zeros) is cut off on open. A header whose own checksum fails, or a damaged
+    record followed by more bytes, means the file was altered: it is refused
+    and left as it is.
     """
 
     def __init__(self, path: Path) -> None:
@@ -48,11 +51,15 @@ class TxLog:
         self.blocks: list[LoggedBlock] = []
         fresh = not path.exists() or path.stat().st_size == 0
         self._file = path.open("a+b")
-        if fresh:
-            self._file.write(MAGIC)
-            self._sync()
-        else:
-            self._load()
+        try:
+            if fresh:
+                self._file.write(MAGIC)
+                self._sync()
+            else:
+                self._load()
+        except BaseException:
+            self._file.close()
+            raise
 
     def append(self, block: LoggedBlock) -> None:
         """Write `block` durably after the last one."""
@@ -69,7 +76,8 @@ class TxLog:
             },
             canonical=True,
         )
-        self._file.write(_HEADER.pack(len(body), zlib.crc32(body)) + body)
+        fields = _FIELDS.pack(len(body), zlib.crc32(body))
+        self._file.write(fields + struct.pack(">I", zlib.crc32(fields)) + body)
         self._sync()
         self.blocks.append(block)
 
@@ -98,9 +106,13 @@ class TxLog:
             self._sync()
 
     def _parse(self, data: bytes, offset: int) -> tuple[LoggedBlock | None, int]:
-        if offset + _HEADER.size > len(data):
+        """Return the record at `offset` and where it ends; (None, offset) for a torn tail."""
+        rest = data[offset:]
+        if len(rest) < _HEADER.size or not rest.strip(b"\0"):
             return None, offset
-        length, crc = _HEADER.unpack_from(data, offset)
+        length, crc, header_crc = _HEADER.unpack_from(data, offset)
+        if zlib.crc32(data[offset : offset + _FIELDS.size]) != header_crc:
+            raise LedgerCorrupted(f"{self.path}: damaged record header at byte {offset}")
         start, end = offset + _HEADER.size, offset + _HEADER.size + length
         if end > len(data):
             return None, offset

@@ -12,11 +12,12 @@ from ledger.sizes import parse_size
 
 DISK_ROLES = ("system", "data")
 SECTOR = 512
+MAX_DISK = (1 << 63) - SECTOR
 _HOST = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+    r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
-_TYPE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
-_RESOURCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_TYPE = re.compile(r"[a-z][a-z0-9-]{0,31}")
+_RESOURCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def parse_disk(text: str) -> Disk:
@@ -32,10 +33,12 @@ def disk(role: str, resource_id: str, size: int) -> Disk:
     """Return a validated disk."""
     if role not in DISK_ROLES:
         raise InputError(f"invalid disk role {role!r}: use one of {', '.join(DISK_ROLES)}")
-    if not _RESOURCE.match(resource_id):
+    if not _RESOURCE.fullmatch(resource_id):
         raise InputError(
             f"invalid resource id {resource_id!r}: letters, digits, '.', '_' and '-', up to 128"
         )
+    if size > MAX_DISK:
+        raise InputError(f"invalid size for disk {resource_id}: larger than 8 EiB")
     if size <= 0 or size % SECTOR:
         raise InputError(
             f"invalid size for disk {resource_id}: {size} is not a positive multiple of {SECTOR}"
@@ -47,11 +50,11 @@ def registration(
     name: str, vm_type: str, ip: str, disks: Sequence[Disk], at_ms: int
 ) -> VmRegistered:
     """Return the event that registers a VM, after checking every field."""
-    if not _HOST.match(name):
+    if not _HOST.fullmatch(name):
         raise InputError(
             f"invalid VM name {name!r}: it must be a host name (letters, digits, '-', '.')"
         )
-    if not _TYPE.match(vm_type):
+    if not _TYPE.fullmatch(vm_type):
         raise InputError(f"invalid VM type {vm_type!r}: a lowercase word such as kvm")
     try:
         address = ipaddress.ip_address(ip)

@@ -45,17 +45,17 @@ def compiled(contract_cache: Path) -> CompiledContract:
     return contracts.load(cache_dir=contract_cache)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def admin() -> LocalAccount:
     return account("admin")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def operator() -> LocalAccount:
     return account("operator")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def outsider() -> LocalAccount:
     return account("outsider")
 

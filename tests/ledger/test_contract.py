@@ -409,55 +409,63 @@ def test_snapshot_can_go_pending_then_committed_within_one_batch(
 
 
 A, B = snapshot_id("a"), snapshot_id("b")
-C = SnapshotStatus
+Status = SnapshotStatus
 
 
 @pytest.mark.parametrize(
     ("history", "refused", "reason"),
     [
-        pytest.param([], ("web", A, C.COMMITTED, ZERO32), "root required", id="commit-no-root"),
         pytest.param(
-            [("web", A, C.PENDING, ZERO32)],
-            ("web", A, C.DELETED, ZERO32),
+            [], ("web", A, Status.COMMITTED, ZERO32), "root required", id="commit-no-root"
+        ),
+        pytest.param(
+            [("web", A, Status.PENDING, ZERO32)],
+            ("web", A, Status.DELETED, ZERO32),
             "snapshot not committed",
             id="delete-pending",
         ),
-        pytest.param([], ("web", A, C.DELETED, ZERO32), "snapshot not committed", id="delete-none"),
         pytest.param(
-            [("web", A, C.PENDING, ZERO32)],
-            ("web", A, C.PENDING, ZERO32),
+            [], ("web", A, Status.DELETED, ZERO32), "snapshot not committed", id="delete-none"
+        ),
+        pytest.param(
+            [("web", A, Status.PENDING, ZERO32)],
+            ("web", A, Status.PENDING, ZERO32),
             "snapshot already exists",
             id="pending-twice",
         ),
         pytest.param(
-            [("web", A, C.COMMITTED, ROOT)],
-            ("web", A, C.COMMITTED, ROOT),
+            [("web", A, Status.COMMITTED, ROOT)],
+            ("web", A, Status.COMMITTED, ROOT),
             "snapshot not pending",
             id="commit-twice",
         ),
-        pytest.param([], ("web", A, C.FAILED, ZERO32), "snapshot not pending", id="fail-unknown"),
         pytest.param(
-            [("web", A, C.COMMITTED, ROOT)],
-            ("web", A, C.FAILED, ZERO32),
+            [], ("web", A, Status.FAILED, ZERO32), "snapshot not pending", id="fail-unknown"
+        ),
+        pytest.param(
+            [("web", A, Status.COMMITTED, ROOT)],
+            ("web", A, Status.FAILED, ZERO32),
             "snapshot not pending",
             id="fail-committed",
         ),
         pytest.param(
-            [("web", A, C.PENDING, ZERO32), ("web", A, C.FAILED, ZERO32)],
-            ("web", A, C.COMMITTED, ROOT),
+            [("web", A, Status.PENDING, ZERO32), ("web", A, Status.FAILED, ZERO32)],
+            ("web", A, Status.COMMITTED, ROOT),
             "snapshot not pending",
             id="commit-failed",
         ),
         pytest.param(
-            [("web", A, C.COMMITTED, ROOT), ("web", A, C.DELETED, ZERO32)],
-            ("web", A, C.DELETED, ZERO32),
+            [("web", A, Status.COMMITTED, ROOT), ("web", A, Status.DELETED, ZERO32)],
+            ("web", A, Status.DELETED, ZERO32),
             "snapshot not committed",
             id="delete-twice",
         ),
-        pytest.param([], ("web", ZERO32, C.PENDING, ZERO32), "snapshot id required", id="no-id"),
         pytest.param(
-            [("web", B, C.PENDING, ZERO32)],
-            ("db", B, C.COMMITTED, ROOT),
+            [], ("web", ZERO32, Status.PENDING, ZERO32), "snapshot id required", id="no-id"
+        ),
+        pytest.param(
+            [("web", B, Status.PENDING, ZERO32)],
+            ("db", B, Status.COMMITTED, ROOT),
             "snapshot belongs to another stream",
             id="other-stream",
         ),

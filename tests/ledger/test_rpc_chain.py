@@ -44,7 +44,8 @@ def anvil_url() -> Iterator[str]:
     port = _free_port()
     process = subprocess.Popen(
         [binary, "--host", "127.0.0.1", "--port", str(port), "--silent"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 30
@@ -62,9 +63,12 @@ def anvil_url() -> Iterator[str]:
 
 def _settings(folder: Path, url: str, cache: Path) -> LedgerSettings:
     return LedgerSettings(
-        deployment="rpc-test", chain=ChainSettings(backend="rpc", rpc_url=url),
-        projection_url=f"sqlite:///{folder / 'projection.sqlite'}", state_file=folder / "ledger.json",
-        operator_key=ANVIL_KEY, contract_cache=cache,
+        deployment="rpc-test",
+        chain=ChainSettings(backend="rpc", rpc_url=url),
+        projection_url=f"sqlite:///{folder / 'projection.sqlite'}",
+        state_file=folder / "ledger.json",
+        operator_key=ANVIL_KEY,
+        contract_cache=cache,
     )
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from cli.render import emit_json, out, table
 from cli.state import state
-from nodes import network
+from ledger.sizes import format_size
+from nodes import disk_io, maintenance, network
 from nodes.deployment import init_deployment
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -50,7 +51,13 @@ def down(ctx: typer.Context) -> None:
 
 def status(ctx: typer.Context, json: JsonOption = False) -> None:
     """Show every node: role, address, up or down, and what it holds."""
-    rows = network.status(state(ctx).config())
+    config = state(ctx).config()
+    rows = network.status(config)
+    backups = [r for r in rows if r["role"] == "backup" and r["state"] == "up"]
+    if backups:
+        health = disk_io.run(maintenance.health(config))
+        for row in backups:
+            row["detail"]["replica_health"] = health
     if json:
         emit_json(rows)
         return
@@ -71,15 +78,25 @@ def status(ctx: typer.Context, json: JsonOption = False) -> None:
     )
 
 
-def _detail(row: dict[str, object]) -> str:
+def _detail(row: dict[str, Any]) -> str:
     detail = row["detail"]
-    if not isinstance(detail, dict):
-        return ""
     if "error" in detail:
         return str(detail["error"])
-    ledger = detail.get("ledger")
-    if isinstance(ledger, dict):
-        return f"ledger: {ledger['count']} events, block {ledger['block']}"
+    if row["role"] == "controller" and "ledger" in detail:
+        return f"ledger: {detail['ledger']['count']} events, block {detail['ledger']['block']}"
+    if row["role"] == "business" and "volumes" in detail:
+        return (
+            f"{detail['volumes']} volumes, {format_size(detail['bytes_allocated'])} allocated, "
+            f"NBD port {detail['nbd_port']}"
+        )
+    if row["role"] == "backup" and "chunks" in detail:
+        text = f"{detail['chunks']} chunks, {format_size(detail['stored_bytes'])} stored"
+        health = detail.get("replica_health")
+        if health:
+            text += f"; cluster: {health['below_replicas']} of {health['chunks']} chunks below R"
+        return text
+    if row["role"] == "transfer" and "processed" in detail:
+        return f"{detail['processed']} views processed"
     return ""
 
 

@@ -82,7 +82,24 @@ class VmRegistered(Event):
         return vm_stream(self.vm)
 
 
-EVENT_TYPES: dict[str, type[Event]] = {cls.__name__: cls for cls in (LedgerOpened, VmRegistered)}
+@dataclass(frozen=True)
+class DiskPlaced(Event):
+    """A VM disk became a volume on a business node, with its chunk size."""
+
+    vm: str
+    resource_id: str
+    node: str
+    chunk_size: int
+
+    @property
+    def stream(self) -> str:
+        """A disk's facts live on its VM's stream."""
+        return vm_stream(self.vm)
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls for cls in (LedgerOpened, VmRegistered, DiskPlaced)
+}
 
 E = TypeVar("E")
 

@@ -76,6 +76,8 @@ class DiskRow(Base):
     resource_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     role: Mapped[str] = mapped_column(String(16))
     size: Mapped[int] = mapped_column(BigInteger)
+    node: Mapped[str | None] = mapped_column(String(64), default=None)
+    chunk_size: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class CheckpointRow(Base):
@@ -235,6 +237,10 @@ def _fold(session: Session, record: LedgerRecord, event: events.Event) -> None:
             DiskRow(vm=event.vm, resource_id=d.resource_id, role=d.role, size=d.size)
             for d in event.disks
         )
+    elif isinstance(event, events.DiskPlaced):
+        disk = session.get(DiskRow, (event.vm, event.resource_id))
+        if disk is not None:
+            disk.node, disk.chunk_size = event.node, event.chunk_size
 
 
 def _vm_dict(session: Session, row: VmRow) -> dict[str, Any]:
@@ -247,7 +253,16 @@ def _vm_dict(session: Session, row: VmRow) -> dict[str, Any]:
         "ip": row.ip,
         "registered_at_ms": row.registered_at_ms,
         "registered_seq": row.registered_seq,
-        "disks": [{"role": d.role, "resource_id": d.resource_id, "size": d.size} for d in disks],
+        "disks": [
+            {
+                "role": d.role,
+                "resource_id": d.resource_id,
+                "size": d.size,
+                "node": d.node,
+                "chunk_size": d.chunk_size,
+            }
+            for d in disks
+        ],
     }
 
 

@@ -38,6 +38,10 @@ class ControllerApi:
             "vm.register", {"name": name, "type": vm_type, "ip": ip, "disks": wire_disks}
         )
 
+    def locate_disk(self, vm: str, resource_id: str) -> dict[str, Any]:
+        """Where a disk is served (placing it first if needed)."""
+        return self._call("disk.locate", {"vm": vm, "resource_id": resource_id})
+
     def vms(self) -> list[dict[str, Any]]:
         """Every registered VM."""
         return list(self._call("vm.list")["vms"])

@@ -27,6 +27,7 @@ class DeploymentConfig:
     data_dir: str = "data"
     secret_file: str = "secret"
     operator_key_file: str = "operator.key"
+    data_key_file: str = "data.key"
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,25 @@ class WireConfig:
 
 
 @dataclass(frozen=True)
+class TopologyConfig:
+    """How many nodes of each role the local network runs, and the replication factor."""
+
+    business: int = 1
+    transfer: int = 1
+    backup: int = 3
+    replicas: int = 2
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Data-plane settings: the chunk size of new volumes and compression."""
+
+    chunk_size: int = 64 * 1024
+    compression_level: int = 3
+    encryption: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     """A deployment's whole configuration."""
 
@@ -73,6 +93,8 @@ class Config:
     chain: ChainConfig = field(default_factory=ChainConfig)
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     wire: WireConfig = field(default_factory=WireConfig)
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     @property
     def root(self) -> Path:
@@ -97,6 +119,19 @@ class Config:
     def node_dir(self, name: str) -> Path:
         """A node's own data folder."""
         return self.data_dir / "nodes" / name
+
+    def data_key(self) -> bytes | None:
+        """The key chunk ids and encryption keys derive from; None when encryption is off."""
+        if not self.storage.encryption:
+            return None
+        text = _read_secret(self.root / self.deployment.data_key_file, "data key")
+        try:
+            key = bytes.fromhex(text)
+        except ValueError as err:
+            raise ConfigError("data key", "the data key file does not hold hex") from err
+        if len(key) != 32:
+            raise ConfigError("data key", "the data key must be 32 bytes")
+        return key
 
     def secret(self) -> bytes:
         """The deployment secret every connection authenticates with."""
@@ -146,6 +181,8 @@ SECTIONS = {
     "chain": ChainConfig,
     "projection": ProjectionConfig,
     "wire": WireConfig,
+    "topology": TopologyConfig,
+    "storage": StorageConfig,
 }
 
 
@@ -174,7 +211,22 @@ def load_config(path: Path, env: Mapping[str, str]) -> Config:
     if unknown:
         raise ConfigError(str(path), f"unknown section [{sorted(unknown)[0]}]")
     sections = {name: _section(name, cls, raw.get(name, {}), env) for name, cls in SECTIONS.items()}
-    return Config(path=path, **sections)
+    config = Config(path=path, **sections)
+    _check(config)
+    return config
+
+
+def _check(config: Config) -> None:
+    topology, storage = config.topology, config.storage
+    if topology.business < 1 or topology.transfer < 1 or topology.backup < 1:
+        raise ConfigError("[topology]", "every role needs at least one node")
+    if not 1 <= topology.replicas <= topology.backup:
+        raise ConfigError("topology.replicas", f"must be between 1 and backup ({topology.backup})")
+    size = storage.chunk_size
+    if size < 4096 or size > 64 * 1024 or size & (size - 1):
+        raise ConfigError("storage.chunk_size", "must be a power of two from 4096 to 65536")
+    if not 1 <= storage.compression_level <= 22:
+        raise ConfigError("storage.compression_level", "must be 1 to 22")
 
 
 def _section(name: str, cls: type[Any], values: Any, env: Mapping[str, str]) -> Any:

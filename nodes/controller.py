@@ -15,6 +15,10 @@ from ledger.errors import InputError, UnknownVm, VersionConflict, VmExists
 from ledger.service import Ledger
 from ledger.vm import disk, registration
 from nodes.config import Config
+from nodes.errors import NodeError
+from nodes.peers import Peers
+from nodes.placement import Placement
+from nodes.request_args import maps, text
 
 T = TypeVar("T")
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -33,6 +37,8 @@ class Controller:
         self.name = name
         self.started = time.time()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self.peers = Peers(config, name)
+        self.placement = Placement(config, ledger, self.peers, self._run)
 
     @classmethod
     async def open(cls, config: Config, name: str = "controller") -> Controller:
@@ -43,6 +49,7 @@ class Controller:
 
     async def close(self) -> None:
         """Finish pending ledger work and close the ledger."""
+        await self.peers.close()
         await self._run(self.ledger.close)
         self._worker.shutdown(wait=True)
 
@@ -53,6 +60,7 @@ class Controller:
             "vm.register": self.register_vm,
             "vm.list": self.list_vms,
             "vm.show": self.show_vm,
+            "disk.locate": self.locate_disk,
             "ledger.log": self.ledger_log,
             "ledger.head": self.ledger_head,
             "ledger.verify": self.ledger_verify,
@@ -75,11 +83,16 @@ class Controller:
 
     async def register_vm(self, args: dict[str, Any]) -> dict[str, Any]:
         """Record a VmRegistered event; refuse a name already taken."""
-        disks = tuple(_disk(d) for d in _list(args, "disks"))
+        disks = tuple(_disk(d) for d in maps(args, "disks"))
         event = registration(
-            _text(args, "name"), _text(args, "type"), _text(args, "ip"), disks, self.ledger.now_ms()
+            text(args, "name"), text(args, "type"), text(args, "ip"), disks, self.ledger.now_ms()
         )
-        return await self._run(self._register, event)
+        result = await self._run(self._register, event)
+        try:
+            result["vm"] = await self.placement.place(event.vm)
+        except NodeError as err:
+            result["placement_pending"] = str(err)
+        return result
 
     def _register(self, event: events.VmRegistered) -> dict[str, Any]:
         if self.ledger.projection.vm(event.vm) is not None:
@@ -92,13 +105,17 @@ class Controller:
         assert vm is not None
         return {"vm": vm, "seq": record.seq, "tx_hash": "0x" + record.tx_hash.hex()}
 
+    async def locate_disk(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Where a VM disk is served: node, RPC address, NBD URL, size."""
+        return await self.placement.locate(text(args, "vm"), text(args, "resource_id"))
+
     async def list_vms(self, args: dict[str, Any]) -> dict[str, Any]:
         """Every registered VM."""
         return {"vms": await self._run(self.ledger.projection.vms)}
 
     async def show_vm(self, args: dict[str, Any]) -> dict[str, Any]:
         """One VM, with its history."""
-        name = _text(args, "name")
+        name = text(args, "name")
         vm = await self._run(self.ledger.projection.vm, name)
         if vm is None:
             raise UnknownVm(name)
@@ -147,22 +164,8 @@ class Controller:
         return {"events": applied, "seconds": time.monotonic() - started}
 
 
-def _text(args: dict[str, Any], key: str) -> str:
-    value = args.get(key)
-    if not isinstance(value, str):
-        raise InputError(f"missing or invalid {key!r}")
-    return value
-
-
 def _disk(value: dict[str, Any]) -> events.Disk:
     role, resource_id, size = value.get("role"), value.get("resource_id"), value.get("size")
     if not isinstance(role, str) or not isinstance(resource_id, str) or not isinstance(size, int):
         raise InputError("a disk needs a role, a resource_id and an integer size")
     return disk(role, resource_id, size)
-
-
-def _list(args: dict[str, Any], key: str) -> list[dict[str, Any]]:
-    value = args.get(key)
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise InputError(f"missing or invalid {key!r}")
-    return value

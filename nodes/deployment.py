@@ -20,6 +20,7 @@ name = "{name}"
 data_dir = "data"
 secret_file = "secret"             # 32 random bytes, hex; every node connection proves it
 operator_key_file = "operator.key"  # the account that deploys the contract and appends events
+data_key_file = "data.key"         # chunk keys derive from it: losing it loses the data
 
 [network]
 host = "127.0.0.1"
@@ -37,6 +38,17 @@ url = ""                           # empty: SQLite in data/nodes/controller/; or
 [wire]
 max_frame = 16777216
 timeout = 30.0
+
+[topology]
+business = 1                       # nodes serving VM disks over NBD
+transfer = 1                       # nodes processing snapshots between the clusters
+backup = 3                         # nodes keeping chunks and manifests
+replicas = 2                       # copies of every chunk on the backup cluster
+
+[storage]
+chunk_size = 65536                 # bytes; dirty tracking, dedup and transfer unit of new volumes
+compression_level = 3              # zstd level
+encryption = false                 # encrypt chunks at rest with keys derived from data.key
 """
 
 
@@ -63,6 +75,7 @@ def init_deployment(folder: Path, name: str = "vmsnap", base_port: int = 0) -> D
     account = Account.create()
     _write_private(folder / "secret", secrets.token_hex(32) + "\n")
     _write_private(folder / "operator.key", account.key.hex() + "\n")
+    _write_private(folder / "data.key", secrets.token_hex(32) + "\n")
     text = TEMPLATE.format(name=name, base_port=base_port, genesis=int(time.time()))
     config_path.write_text(text)
     config = load_config(config_path.resolve(), {})

@@ -7,9 +7,14 @@
         ├── NetworkNotRunning      no controller answers
         ├── NodeUnreachable
         ├── ProtocolError          a malformed or oversized frame
+        │   └── NbdProtocolError   an NBD client broke the protocol
         ├── AuthenticationFailed
         ├── RequestTimeout
-        └── RemoteError            a peer reported an error it could not map
+        ├── RemoteError            a peer reported an error it could not map
+        ├── VolumeError            a bad range or an unknown view on a volume
+        ├── ChunkMissing           the chunk store holds no copy of a chunk
+        ├── ChunkCorrupted         a stored copy fails its checksum or id check
+        └── ChunkStoreError        the chunk store's files or index cannot be used
 """
 
 from __future__ import annotations
@@ -63,3 +68,41 @@ class RemoteError(NodeError):
         super().__init__(message)
         self.kind = kind
         self.exit_code = exit_code
+
+
+class VolumeError(NodeError):
+    """A volume operation is impossible (a bad range, an unknown view)."""
+
+
+class ChunkMissing(NodeError):
+    """The chunk store has no copy of a chunk."""
+
+    def __init__(self, chunk_id: bytes) -> None:
+        super().__init__(f"chunk {chunk_id.hex()} is missing")
+        self.chunk_id = chunk_id
+
+
+class ChunkCorrupted(NodeError):
+    """A stored copy of a chunk is damaged: wrong checksum, id, format or key."""
+
+    def __init__(self, chunk_id: bytes, reason: str = "") -> None:
+        detail = f": {reason}" if reason else ""
+        super().__init__(f"chunk {chunk_id.hex()} is corrupted{detail}")
+        self.chunk_id = chunk_id
+        self.reason = reason
+
+
+class ChunkStoreError(NodeError):
+    """The chunk store's folder, packs or index cannot be used."""
+
+    def __init__(self, folder: str, problem: str) -> None:
+        super().__init__(f"chunk store {folder}: {problem}")
+        self.folder = folder
+
+
+class NbdProtocolError(ProtocolError):
+    """An NBD client sent something the protocol forbids; its connection is closed."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"NBD protocol violation: {problem}")
+        self.problem = problem

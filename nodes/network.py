@@ -14,6 +14,7 @@ from typing import Any
 from nodes.client import call_sync
 from nodes.config import Config
 from nodes.errors import NetworkNotRunning, NodeError
+from nodes.peers import node_names
 from nodes.runfile import RunFile
 
 STOP_TIMEOUT = 15.0
@@ -28,33 +29,50 @@ class NodeSpec:
 
 
 def topology(config: Config) -> list[NodeSpec]:
-    """The nodes a deployment runs."""
-    return [NodeSpec("controller", "controller")]
+    """The nodes a deployment runs: backup nodes first, the controller last."""
+    return [
+        NodeSpec(name, role)
+        for role in ("backup", "transfer", "business", "controller")
+        for name in node_names(config, role)
+    ]
 
 
 def up(config: Config, env: Mapping[str, str]) -> list[RunFile]:
-    """Start every node that is not running; wait until each answers."""
+    """Start every node that is not running (all at once); wait until each has started."""
+    spawned = [
+        (spec, _spawn(config, spec, env))
+        for spec in topology(config)
+        if _alive(config, spec.name) is None
+    ]
     started: list[RunFile] = []
-    for spec in topology(config):
-        if _alive(config, spec.name) is not None:
-            continue
-        started.append(_start(config, spec, env))
+    try:
+        for spec, pid in spawned:
+            started.append(_wait_started(config, spec, pid))
+    except NodeError:
+        for _spec, pid in spawned:
+            _terminate(pid)
+        raise
     return started
 
 
 def down(config: Config) -> list[str]:
-    """Stop every running node (SIGTERM, then SIGKILL after a grace period)."""
-    stopped: list[str] = []
+    """Stop every running node: the controller first, then the rest together."""
+    runs: list[RunFile] = []
     for path in sorted(config.run_dir.glob("*.json")):
         run = RunFile.read(path)
-        if run is None:
+        if run is not None and _pid_alive(run.pid):
+            runs.append(run)
+        else:
             path.unlink(missing_ok=True)
-            continue
-        if _pid_alive(run.pid):
+    first = [r for r in runs if r.role == "controller"]
+    rest = [r for r in runs if r.role != "controller"]
+    for group in (first, rest):
+        for run in group:
+            _signal(run.pid, signal.SIGTERM)
+        for run in group:
             _terminate(run.pid)
-            stopped.append(run.name)
-        path.unlink(missing_ok=True)
-    return stopped
+            (config.run_dir / f"{run.name}.json").unlink(missing_ok=True)
+    return [r.name for r in first + rest]
 
 
 def status(config: Config) -> list[dict[str, Any]]:
@@ -105,9 +123,8 @@ def _alive(config: Config, name: str) -> RunFile | None:
     return None
 
 
-def _start(config: Config, spec: NodeSpec, env: Mapping[str, str]) -> RunFile:
-    runfile = config.run_dir / f"{spec.name}.json"
-    runfile.unlink(missing_ok=True)
+def _spawn(config: Config, spec: NodeSpec, env: Mapping[str, str]) -> int:
+    (config.run_dir / f"{spec.name}.json").unlink(missing_ok=True)
     config.log_dir.mkdir(parents=True, exist_ok=True)
     logfile = config.log_dir / f"{spec.name}.log"
     command = [
@@ -125,7 +142,7 @@ def _start(config: Config, spec: NodeSpec, env: Mapping[str, str]) -> RunFile:
     ]
     log_fd = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        pid = os.posix_spawn(
+        return os.posix_spawn(
             sys.executable,
             command,
             dict(env),
@@ -138,6 +155,11 @@ def _start(config: Config, spec: NodeSpec, env: Mapping[str, str]) -> RunFile:
         )
     finally:
         os.close(log_fd)
+
+
+def _wait_started(config: Config, spec: NodeSpec, pid: int) -> RunFile:
+    runfile = config.run_dir / f"{spec.name}.json"
+    logfile = config.log_dir / f"{spec.name}.log"
     deadline = time.monotonic() + config.network.start_timeout
     while time.monotonic() < deadline:
         if _exited(pid):
@@ -146,7 +168,6 @@ def _start(config: Config, spec: NodeSpec, env: Mapping[str, str]) -> RunFile:
         if run is not None and run.pid == pid:
             return run
         time.sleep(0.05)
-    _terminate(pid)
     raise NodeError(
         f"node {spec.name} did not start within {config.network.start_timeout:g} s; see {logfile}"
     )
@@ -179,11 +200,15 @@ def _is_zombie(pid: int) -> bool:
         return False
 
 
-def _terminate(pid: int) -> None:
+def _signal(pid: int, sig: int) -> None:
     try:
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, sig)
     except ProcessLookupError:
         return
+
+
+def _terminate(pid: int) -> None:
+    _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT
     while time.monotonic() < deadline:
         if _exited(pid) or not _pid_alive(pid):

@@ -20,6 +20,7 @@ class RunFile:
     host: str
     port: int
     started_at: float
+    nbd_port: int = 0
 
     @classmethod
     def read(cls, path: Path) -> RunFile | None:

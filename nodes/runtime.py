@@ -8,14 +8,29 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from ledger.errors import InputError
 from nodes.config import Config
 from nodes.runfile import RunFile
 from nodes.server import NodeServer
 
-ROLES = ("controller",)
+ROLES = ("controller", "business", "transfer", "backup")
+PORT_OFFSETS = {"controller": 0, "business": 10, "transfer": 20, "backup": 30}
 log = logging.getLogger("vmsnap.node")
+
+
+class Service(Protocol):
+    """What every role offers the runtime."""
+
+    def handlers(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]]:
+        """The operations the node serves."""
+        ...
+
+    async def close(self) -> None:
+        """Release everything."""
+        ...
 
 
 def run_node(config: Config, role: str, name: str) -> None:
@@ -30,16 +45,43 @@ def run_node(config: Config, role: str, name: str) -> None:
     asyncio.run(_serve(config, role, name))
 
 
-async def _serve(config: Config, role: str, name: str) -> None:
-    from nodes.controller import Controller
+def rpc_port(config: Config, role: str, name: str) -> int:
+    """The configured port of a node (0: any free port)."""
+    base = config.network.base_port
+    if not base:
+        return 0
+    index = 0 if role == "controller" else int(name.rsplit("-", 1)[1])
+    return base + PORT_OFFSETS[role] + index
 
-    controller = await Controller.open(config, name)
+
+async def open_service(config: Config, role: str, name: str) -> tuple[Service, int]:
+    """Open the service of `role`; return it and its NBD port (0 when it has none)."""
+    if role == "controller":
+        from nodes.controller import Controller
+
+        return await Controller.open(config, name), 0
+    if role == "business":
+        from nodes.business import Business
+
+        business = await Business.open(config, name)
+        return business, business.nbd_port
+    if role == "backup":
+        from nodes.backup import Backup
+
+        return await Backup.open(config, name), 0
+    from nodes.transfer import Transfer
+
+    return await Transfer.open(config, name), 0
+
+
+async def _serve(config: Config, role: str, name: str) -> None:
+    service, nbd_port = await open_service(config, role, name)
     server = NodeServer(
         name,
         config.secret(),
-        controller.handlers(),
+        service.handlers(),
         host=config.network.host,
-        port=config.network.base_port,
+        port=rpc_port(config, role, name),
         max_frame=config.wire.max_frame,
         timeout=config.wire.timeout,
     )
@@ -49,11 +91,12 @@ async def _serve(config: Config, role: str, name: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         host, port = await server.start()
-        runfile = RunFile(name, role, os.getpid(), host, port, time.time()).write(config.run_dir)
+        run = RunFile(name, role, os.getpid(), host, port, time.time(), nbd_port)
+        runfile = run.write(config.run_dir)
         log.info("%s %s listening on %s:%d", role, name, host, port)
         await stop.wait()
         log.info("stopping")
         runfile.unlink(missing_ok=True)
     finally:
         await server.close()
-        await controller.close()
+        await service.close()

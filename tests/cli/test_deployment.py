@@ -37,11 +37,17 @@ def test_commands_without_a_running_network_say_how_to_start_one(
         assert result.output == "error: no network running: start one with vmsnap up\n"
 
 
-def test_status_without_a_network_lists_the_controller_down(deployment: Deployment) -> None:
+def test_status_without_a_network_lists_every_node_down(deployment: Deployment) -> None:
     rows = deployment.json("status")
-    assert [(r["name"], r["role"], r["state"]) for r in rows] == [
-        ("controller", "controller", "down")
+    assert sorted((r["name"], r["role"]) for r in rows) == [
+        ("backup-1", "backup"),
+        ("backup-2", "backup"),
+        ("backup-3", "backup"),
+        ("business-1", "business"),
+        ("controller", "controller"),
+        ("transfer-1", "transfer"),
     ]
+    assert {r["state"] for r in rows} == {"down"}
 
 
 def test_missing_config_is_one_line_not_a_traceback(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ def _count(network: Deployment) -> int:
 
 
 def test_status_reports_the_controller_up_with_its_address(network: Deployment) -> None:
-    (row,) = network.json("status")
+    row = next(r for r in network.json("status") if r["role"] == "controller")
     assert row["name"] == "controller"
     assert row["role"] == "controller"
     assert row["state"] == "up"
@@ -47,7 +47,8 @@ def test_register_records_the_vm_and_its_disks(network: Deployment) -> None:
         ("system", "root", 20 << 30),
         ("data", "db", 100 << 30),
     }
-    assert [e["type"] for e in shown["events"]] == ["VmRegistered"]
+    assert [e["type"] for e in shown["events"]] == ["VmRegistered", "DiskPlaced", "DiskPlaced"]
+    assert {d["node"] for d in shown["vm"]["disks"]} == {"business-1"}
     assert "web-01" in [vm["name"] for vm in network.json("vm", "list")]
 
 
@@ -56,9 +57,10 @@ def test_ledger_log_shows_every_event_in_order(network: Deployment) -> None:
     events = network.json("ledger", "log")
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert events[0]["type"] == "LedgerOpened"
-    (only,) = network.json("ledger", "log", "--vm", "log-01")
-    assert only["type"] == "VmRegistered"
-    assert only["fields"]["vm"] == "log-01"
+    registered, placed = network.json("ledger", "log", "--vm", "log-01")
+    assert registered["type"] == "VmRegistered"
+    assert registered["fields"]["vm"] == "log-01"
+    assert placed["type"] == "DiskPlaced"
     assert len(network.json("ledger", "log", "--limit", "1")) == 1
     assert "LedgerOpened" in network.ok("ledger", "log").stdout
 

@@ -30,6 +30,9 @@ SAMPLES: dict[type[events.Event], events.Event] = {
             events.Disk(role="data", resource_id="srv", size=512),
         ),
     ),
+    events.DiskPlaced: events.DiskPlaced(
+        at_ms=1_767_225_602_000, vm="web-1", resource_id="root", node="business-1", chunk_size=65536
+    ),
 }
 
 

@@ -74,11 +74,38 @@ def test_vm_view_has_its_disks_and_where_it_was_registered(
         "registered_at_ms": 1_000,
         "registered_seq": 2,
         "disks": [
-            {"role": "data", "resource_id": "data", "size": 100 << 30},
-            {"role": "system", "resource_id": "root", "size": 20 << 30},
+            {
+                "role": "data",
+                "resource_id": "data",
+                "size": 100 << 30,
+                "node": None,
+                "chunk_size": None,
+            },
+            {
+                "role": "system",
+                "resource_id": "root",
+                "size": 20 << 30,
+                "node": None,
+                "chunk_size": None,
+            },
         ],
     }
     assert projection.vm("nowhere") is None
+
+
+def test_disk_placed_records_the_node_and_chunk_size_of_that_disk(
+    projection: Projection, records: list[LedgerRecord], ledger: Ledger
+) -> None:
+    placed = events.DiskPlaced(
+        at_ms=5, vm="web", resource_id="root", node="business-2", chunk_size=65536
+    )
+    (record,) = ledger.contract.append([Entry(placed, 1)])
+    projection.apply([*records, record])
+
+    vm = projection.vm("web")
+    assert vm is not None
+    disks = {d["resource_id"]: (d["node"], d["chunk_size"]) for d in vm["disks"]}
+    assert disks == {"root": ("business-2", 65536), "data": (None, None)}
 
 
 def test_events_view_is_in_sequence_order_by_stream_and_limit(

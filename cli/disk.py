@@ -1,0 +1,111 @@
+"""vmsnap disk: where a VM disk is served, and images in and out of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from cli.render import emit_json, err, out
+from cli.state import state
+from ledger.errors import InputError
+from nodes import disk_io
+from nodes.api import ControllerApi
+
+app = typer.Typer(no_args_is_help=True, help="VM disks: NBD URLs, import and export.")
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+VmArg = Annotated[str, typer.Argument(help="The VM's name.")]
+DiskArg = Annotated[str, typer.Argument(help="The disk's resource id.")]
+
+
+def _bar() -> Progress:
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+@app.command()
+def url(ctx: typer.Context, vm: VmArg, resource_id: DiskArg, json: JsonOption = False) -> None:
+    """Print the nbd:// URL a hypervisor attaches the disk with."""
+    disk = ControllerApi(state(ctx).config()).locate_disk(vm, resource_id)
+    if json:
+        emit_json(disk)
+        return
+    print(disk["url"])
+
+
+@app.command("import")
+def import_image(
+    ctx: typer.Context,
+    vm: VmArg,
+    resource_id: DiskArg,
+    image: Annotated[Path, typer.Argument(help="A raw image (or qcow2, with qemu-img).")],
+    json: JsonOption = False,
+) -> None:
+    """Load an image into the disk; zero chunks become holes."""
+    config = state(ctx).config()
+    fmt = disk_io.image_format(image)
+    size = disk_io.image_size(image, fmt)
+    disk = ControllerApi(config).locate_disk(vm, resource_id)
+    disk_io.check_fits(image, size, disk)
+    if fmt == "raw":
+        with _bar() as bar:
+            task = bar.add_task(f"import {image.name}", total=size)
+            result = disk_io.run(
+                disk_io.import_raw(config, disk, image, lambda n: bar.advance(task, n))
+            )
+    else:
+        disk_io.import_with_qemu(disk, image, fmt)
+        result = {"bytes_written": size, "bytes_zero": 0}
+    result.update(format=fmt, size=size)
+    if json:
+        emit_json(result)
+        return
+    out.print(
+        f"imported {image} ({fmt}, {size} bytes) into {vm}/{resource_id}: "
+        f"{result['bytes_written']} bytes written, {result['bytes_zero']} bytes of zeros skipped"
+    )
+
+
+@app.command("export")
+def export_image(
+    ctx: typer.Context,
+    vm: VmArg,
+    resource_id: DiskArg,
+    target: Annotated[Path, typer.Argument(help="The raw image file to write.")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    json: JsonOption = False,
+) -> None:
+    """Write the live disk as a sparse raw image."""
+    if target.exists() and not force:
+        raise InputError(f"{target} exists: pass --force to overwrite it")
+    if not target.parent.is_dir():
+        raise InputError(f"no such folder: {target.parent}")
+    config = state(ctx).config()
+    disk = ControllerApi(config).locate_disk(vm, resource_id)
+    with _bar() as bar:
+        task = bar.add_task(f"export {vm}/{resource_id}", total=disk["size"])
+        result = disk_io.run(
+            disk_io.export_raw(config, disk, target, lambda n: bar.advance(task, n))
+        )
+    if json:
+        emit_json(result)
+        return
+    out.print(
+        f"exported {vm}/{resource_id} to {target}: "
+        f"{result['size']} bytes, {result['bytes_copied']} of data"
+    )

@@ -1,0 +1,143 @@
+"""The backup node: a chunk store that the rest of the cluster reaches over the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import os
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from ledger.errors import InputError
+from nodes.chunk_store import ChunkStore
+from nodes.config import Config
+from nodes.errors import ChunkCorrupted, ChunkMissing
+from nodes.request_args import blobs, integer
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+T = TypeVar("T")
+MAX_IDS = 65536
+MAX_ITEMS = 4096
+ID_SIZE = 32
+
+
+class Backup:
+    """One backup node: its chunk store, used from one worker thread."""
+
+    def __init__(self, config: Config, name: str) -> None:
+        self.config = config
+        self.name = name
+        self.store = ChunkStore(config.node_dir(name) / "chunks")
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+
+    @classmethod
+    async def open(cls, config: Config, name: str) -> Backup:
+        """Open the chunk store."""
+        return await asyncio.to_thread(cls, config, name)
+
+    async def close(self) -> None:
+        """Sync and close the store."""
+        await self._run(self.store.close)
+        self._worker.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    def handlers(self) -> dict[str, Handler]:
+        """The operations this node serves."""
+        return {
+            "node.status": self.status,
+            "chunk.has_many": self.has_many,
+            "chunk.put_many": self.put_many,
+            "chunk.get_many": self.get_many,
+            "chunk.delete_many": self.delete_many,
+            "chunk.list": self.list_ids,
+            "store.scrub": self.scrub,
+            "store.compact": self.compact,
+        }
+
+    async def status(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Role and what the store holds."""
+        stats = await self._run(self.store.stats)
+        return {"name": self.name, "role": "backup", "pid": os.getpid(), **_plain(stats)}
+
+    async def has_many(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Which of the ids this node holds."""
+        ids = _ids(args, "ids", MAX_IDS)
+        return {"present": await self._run(self.store.has_many, ids)}
+
+    async def put_many(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Store [id, blob] pairs durably; return how many were new."""
+        items = args.get("items")
+        if not isinstance(items, list) or len(items) > MAX_ITEMS:
+            raise InputError(f"items must be a list of at most {MAX_ITEMS} [id, blob] pairs")
+        pairs: list[tuple[bytes, bytes]] = []
+        for item in items:
+            if not (
+                isinstance(item, list)
+                and len(item) == 2
+                and all(isinstance(v, bytes) for v in item)
+            ):
+                raise InputError("each item must be [id, blob]")
+            if len(item[0]) != ID_SIZE:
+                raise InputError("a chunk id is 32 bytes")
+            pairs.append((item[0], item[1]))
+        stored = await self._run(self.store.put_many, pairs)
+        return {"stored": sum(1 for new in stored if new)}
+
+    async def get_many(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Blobs by id; None for a missing or damaged copy (a damaged one is quarantined)."""
+        ids = _ids(args, "ids", 256)
+
+        def fetch() -> list[bytes | None]:
+            found: list[bytes | None] = []
+            for chunk_id in ids:
+                try:
+                    found.append(self.store.get(chunk_id))
+                except (ChunkMissing, ChunkCorrupted):
+                    found.append(None)
+            return found
+
+        return {"blobs": await self._run(fetch)}
+
+    async def delete_many(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Drop chunks from the index (space comes back with compaction)."""
+        ids = _ids(args, "ids", MAX_IDS)
+        return {"deleted": await self._run(self.store.delete_many, ids)}
+
+    async def list_ids(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Chunk ids in order, after `after`, at most `limit`."""
+        after = args.get("after", b"")
+        if not isinstance(after, bytes):
+            raise InputError("after must be bytes")
+        limit = min(integer(args, "limit", 4096), MAX_IDS)
+
+        def page() -> list[bytes]:
+            return list(itertools.islice(self.store.ids(after), limit))
+
+        ids = await self._run(page)
+        return {"ids": ids, "more": len(ids) == limit}
+
+    async def scrub(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Re-hash every stored blob; damaged copies are quarantined and listed."""
+        report = await self._run(self.store.scrub)
+        return _plain(report)
+
+    async def compact(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Rewrite mostly-dead packs."""
+        return {"reclaimed": await self._run(self.store.compact)}
+
+
+def _ids(args: dict[str, Any], key: str, limit: int) -> list[bytes]:
+    ids = blobs(args, key, limit)
+    if any(len(i) != ID_SIZE for i in ids):
+        raise InputError("a chunk id is 32 bytes")
+    return ids
+
+
+def _plain(value: Any) -> dict[str, Any]:
+    """A report dataclass as wire-ready data (tuples become lists)."""
+    body = dataclasses.asdict(value)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in body.items()}

@@ -1,0 +1,253 @@
+"""The business node: VM disks as volumes, served over NBD, frozen for snapshots."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from ledger.errors import InputError, NotFound
+from nodes.config import Config
+from nodes.nbd import NbdServer
+from nodes.request_args import integer, text
+from nodes.volume import Volume
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+MAX_IO = 4 * 1024 * 1024
+MAX_CHUNKS_PER_CALL = 64
+
+
+def export_name(vm: str, resource_id: str) -> str:
+    """The NBD export name of a VM disk."""
+    return f"{vm}/{resource_id}"
+
+
+class VolumeNotFound(NotFound):
+    """No volume for that disk on this node."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no volume {name!r} on this business node")
+
+
+class Business:
+    """Volumes under ``volumes/VM/RESOURCE_ID/``, each exported over NBD by name."""
+
+    def __init__(self, config: Config, name: str) -> None:
+        self.config = config
+        self.name = name
+        self.root = config.node_dir(name) / "volumes"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.volumes: dict[str, Volume] = {}
+        for folder in sorted(p.parent for p in self.root.glob("*/*/meta.sqlite")):
+            self.volumes[f"{folder.parent.name}/{folder.name}"] = Volume.open(folder)
+        port = config.network.base_port + 100 + int(name.rsplit("-", 1)[1])
+        self.nbd = NbdServer(
+            dict(self.volumes),
+            host=config.network.host,
+            port=port if config.network.base_port else 0,
+        )
+        self.nbd_port = 0
+
+    @classmethod
+    async def open(cls, config: Config, name: str) -> Business:
+        """Open every volume and start the NBD server."""
+        node = cls(config, name)
+        _host, node.nbd_port = await node.nbd.start()
+        return node
+
+    async def close(self) -> None:
+        """Stop serving, make writes durable and close the volumes."""
+        await self.nbd.close()
+        for volume in self.volumes.values():
+            volume.sync()
+            volume.close()
+
+    def handlers(self) -> dict[str, Handler]:
+        """The operations this node serves."""
+        return {
+            "node.status": self.status,
+            "volume.create": self.create,
+            "volume.delete": self.delete,
+            "volume.list": self.list_volumes,
+            "volume.read": self.read,
+            "volume.write": self.write,
+            "volume.zero": self.zero,
+            "volume.extents": self.extents,
+            "volume.flush": self.flush,
+            "volume.freeze": self.freeze,
+            "volume.release": self.release,
+            "volume.commit_base": self.commit_base,
+            "volume.changed": self.changed,
+            "volume.read_chunks": self.read_chunks,
+        }
+
+    def _volume(self, args: dict[str, Any]) -> tuple[str, Volume]:
+        name = export_name(text(args, "vm"), text(args, "resource_id"))
+        volume = self.volumes.get(name)
+        if volume is None:
+            raise VolumeNotFound(name)
+        return name, volume
+
+    async def status(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Role, volume count, bytes allocated."""
+        allocated = sum(_allocated(v.folder) for v in self.volumes.values())
+        return {
+            "name": self.name,
+            "role": "business",
+            "pid": os.getpid(),
+            "nbd_port": self.nbd_port,
+            "volumes": len(self.volumes),
+            "bytes_allocated": allocated,
+            "bytes_provisioned": sum(v.size for v in self.volumes.values()),
+        }
+
+    async def create(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Create the volume of a VM disk (idempotent for the same size)."""
+        vm, resource_id, size = text(args, "vm"), text(args, "resource_id"), integer(args, "size")
+        name = export_name(vm, resource_id)
+        volume = self.volumes.get(name)
+        if volume is None:
+            chunk = int(args.get("chunk_size") or self.config.storage.chunk_size)
+            volume = await asyncio.to_thread(
+                Volume.create, self.root / vm / resource_id, size, chunk
+            )
+            self.volumes[name] = volume
+            self.nbd.add_export(name, volume)
+        elif volume.size != size:
+            raise InputError(f"volume {name} exists with size {volume.size}, not {size}")
+        return self._describe(name, volume)
+
+    async def delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Remove a volume and its files."""
+        name, volume = self._volume(args)
+        self.nbd.remove_export(name)
+        del self.volumes[name]
+        volume.close()
+        await asyncio.to_thread(shutil.rmtree, volume.folder)
+        return {"deleted": name}
+
+    async def list_volumes(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Every volume with its geometry and views."""
+        return {"volumes": [self._describe(n, v) for n, v in sorted(self.volumes.items())]}
+
+    def _describe(self, name: str, volume: Volume) -> dict[str, Any]:
+        vm, resource_id = name.split("/", 1)
+        return {
+            "vm": vm,
+            "resource_id": resource_id,
+            "size": volume.size,
+            "chunk_size": volume.chunk_size,
+            "node": self.name,
+            "url": f"nbd://{self.config.network.host}:{self.nbd_port}/{name}",
+            "views": [v.name for v in volume.views()],
+            "dirty_chunks": len(volume.dirty_chunks()),
+            "bytes_allocated": _allocated(volume.folder),
+        }
+
+    async def read(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Read up to 4 MiB of the live volume."""
+        _name, volume = self._volume(args)
+        offset, length = integer(args, "offset"), integer(args, "length")
+        _range(volume, offset, length)
+        return {"data": volume.read_live(offset, length)}
+
+    async def write(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Write up to 4 MiB into the live volume."""
+        _name, volume = self._volume(args)
+        data = args.get("data")
+        if not isinstance(data, bytes):
+            raise InputError("missing data")
+        offset = integer(args, "offset")
+        _range(volume, offset, len(data))
+        volume.write_live(offset, data)
+        return {"written": len(data)}
+
+    async def zero(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Make a range read as zeros (whole chunks become holes)."""
+        _name, volume = self._volume(args)
+        offset, length = integer(args, "offset"), integer(args, "length")
+        if offset + length > volume.size:
+            raise InputError(f"range {offset}+{length} is outside the volume")
+        volume.zero_live(offset, length)
+        return {"zeroed": length}
+
+    async def extents(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Allocated and hole extents of a range, as [length, flags] pairs."""
+        _name, volume = self._volume(args)
+        offset = integer(args, "offset")
+        length = min(integer(args, "length"), volume.size - offset)
+        found = await volume.block_status(offset, length)
+        return {"extents": [[e.length, e.flags] for e in found]}
+
+    async def flush(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Make the volume durable."""
+        _name, volume = self._volume(args)
+        await volume.flush()
+        return {}
+
+    async def freeze(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Freeze the volume as a view (the initial snapshot): metadata only."""
+        _name, volume = self._volume(args)
+        info = await asyncio.to_thread(volume.freeze, text(args, "view"))
+        return {
+            "view": info.name,
+            "generation": info.generation,
+            "chunks": volume.chunks,
+            "chunk_size": volume.chunk_size,
+            "size": volume.size,
+            "base_generation": volume.base_generation,
+        }
+
+    async def release(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Release a view; writes stop preserving its chunks."""
+        _name, volume = self._volume(args)
+        await asyncio.to_thread(volume.release, text(args, "view"))
+        return {}
+
+    async def commit_base(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Make a view the baseline that dirty tracking counts from."""
+        _name, volume = self._volume(args)
+        await asyncio.to_thread(volume.commit_base, text(args, "view"))
+        return {}
+
+    async def changed(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Chunk indexes of a view changed since the baseline (or ``since``), paged."""
+        _name, volume = self._volume(args)
+        since = args.get("since")
+        start, limit = int(args.get("start", 0)), min(int(args.get("limit", 65536)), 65536)
+
+        def page() -> list[int]:
+            found = volume.changed_chunks(
+                text(args, "view"), since if isinstance(since, int) else None
+            )
+            return [i for i in found if i >= start][:limit]
+
+        indexes = await asyncio.to_thread(page)
+        return {"indexes": indexes, "more": len(indexes) == limit}
+
+    async def read_chunks(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Up to 64 chunks of a view, by index."""
+        _name, volume = self._volume(args)
+        indexes = args.get("indexes")
+        if not isinstance(indexes, list) or len(indexes) > MAX_CHUNKS_PER_CALL:
+            raise InputError(f"indexes must be a list of at most {MAX_CHUNKS_PER_CALL}")
+        if not all(isinstance(i, int) and 0 <= i < volume.chunks for i in indexes):
+            raise InputError("chunk index out of range")
+        view = volume.view(text(args, "view"))
+        chunks = await asyncio.to_thread(lambda: [view.read_chunk(i) for i in indexes])
+        return {"chunks": chunks}
+
+
+def _allocated(folder: Path) -> int:
+    try:
+        return sum(p.stat().st_blocks * 512 for p in folder.iterdir())
+    except OSError:
+        return 0
+
+
+def _range(volume: Volume, offset: int, length: int) -> None:
+    if length > MAX_IO or offset < 0 or length < 0 or offset + length > volume.size:
+        raise InputError(f"range {offset}+{length} is outside the volume or over {MAX_IO} bytes")

@@ -1,0 +1,173 @@
+"""Import and export of VM disk images, streamed to and from a business node."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ledger.errors import InputError
+from nodes.client import NodeClient
+from nodes.config import Config
+
+PIECE = 4 * 1024 * 1024
+QCOW2_MAGIC = b"QFI\xfb"
+Progress = Callable[[int], None]
+
+
+def image_format(path: Path) -> str:
+    """``qcow2`` or ``raw``, by the file's magic."""
+    try:
+        with path.open("rb") as image:
+            return "qcow2" if image.read(4) == QCOW2_MAGIC else "raw"
+    except FileNotFoundError:
+        raise InputError(f"no such image: {path}") from None
+    except OSError as err:
+        raise InputError(f"cannot read {path}: {err.strerror}") from None
+
+
+def image_size(path: Path, fmt: str) -> int:
+    """The virtual size of the image in bytes."""
+    if fmt == "raw":
+        return path.stat().st_size
+    tool = shutil.which("qemu-img")
+    if tool is None:
+        raise InputError(
+            f"{path} is {fmt}: importing it needs qemu-img (Debian package qemu-utils)"
+        )
+    info = subprocess.run(
+        [tool, "info", "--output=json", "-f", fmt, str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if info.returncode != 0:
+        raise InputError(f"qemu-img cannot read {path}: {info.stderr.strip().splitlines()[-1]}")
+    return int(json.loads(info.stdout)["virtual-size"])
+
+
+def check_fits(path: Path, size: int, disk: dict[str, Any]) -> None:
+    """Refuse an image larger than the disk."""
+    if size > disk["size"]:
+        raise InputError(
+            f"{path} is {size} bytes, larger than disk {disk['resource_id']} "
+            f"of VM {disk['vm']} ({disk['size']} bytes)"
+        )
+
+
+async def import_raw(
+    config: Config, disk: dict[str, Any], path: Path, progress: Progress
+) -> dict[str, int]:
+    """Write a raw image into the disk: data chunks written, zero chunks made holes."""
+    chunk = int(disk["chunk_size"])
+    target = {"vm": disk["vm"], "resource_id": disk["resource_id"]}
+    written = zeroed = 0
+    async with _client(config, disk) as client:
+        with path.open("rb") as image:
+            offset = 0
+            while piece := image.read(PIECE):
+                for start in range(0, len(piece), chunk):
+                    data = piece[start : start + chunk]
+                    at = offset + start
+                    if data.count(0) == len(data):
+                        await client.call(
+                            "volume.zero", {**target, "offset": at, "length": len(data)}
+                        )
+                        zeroed += len(data)
+                    else:
+                        await client.call("volume.write", {**target, "offset": at, "data": data})
+                        written += len(data)
+                offset += len(piece)
+                progress(len(piece))
+        if offset < disk["size"]:
+            await client.call(
+                "volume.zero", {**target, "offset": offset, "length": disk["size"] - offset}
+            )
+        await client.call("volume.flush", target)
+    return {"bytes_written": written, "bytes_zero": zeroed}
+
+
+def import_with_qemu(disk: dict[str, Any], path: Path, fmt: str) -> None:
+    """Convert a non-raw image straight into the disk's NBD export."""
+    tool = shutil.which("qemu-img")
+    if tool is None:
+        raise InputError(
+            f"{path} is {fmt}: importing it needs qemu-img (Debian package qemu-utils)"
+        )
+    done = subprocess.run(
+        [tool, "convert", "-n", "-f", fmt, "-O", "raw", str(path), disk["url"]],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise InputError(f"qemu-img convert failed: {done.stderr.strip()}")
+
+
+async def export_raw(
+    config: Config, disk: dict[str, Any], out: Path, progress: Progress
+) -> dict[str, int]:
+    """Write the live disk to `out` as a sparse raw file (holes stay holes)."""
+    target = {"vm": disk["vm"], "resource_id": disk["resource_id"]}
+    size = int(disk["size"])
+    copied = 0
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    try:
+        with os.fdopen(fd, "r+b") as sink:
+            async with _client(config, disk) as client:
+                offset = 0
+                while offset < size:
+                    length = min(PIECE, size - offset)
+                    extents = await client.call(
+                        "volume.extents", {**target, "offset": offset, "length": length}
+                    )
+                    for ext_len, flags in extents["extents"]:
+                        if not flags & 1:
+                            copied += await _copy_range(
+                                client, target, sink.fileno(), offset, ext_len
+                            )
+                        offset += ext_len
+                        progress(ext_len)
+            sink.truncate(size)
+            os.fsync(sink.fileno())
+        Path(tmp).replace(out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return {"bytes_copied": copied, "size": size}
+
+
+async def _copy_range(
+    client: NodeClient, target: dict[str, str], fd: int, offset: int, length: int
+) -> int:
+    copied = 0
+    while copied < length:
+        n = min(PIECE, length - copied)
+        reply = await client.call("volume.read", {**target, "offset": offset + copied, "length": n})
+        data: bytes = reply["data"]
+        if data.count(0) != len(data):
+            os.pwrite(fd, data, offset + copied)
+        copied += n
+    return copied
+
+
+def _client(config: Config, disk: dict[str, Any]) -> NodeClient:
+    return NodeClient(
+        disk["host"],
+        disk["port"],
+        config.secret(),
+        peer=disk["node"],
+        timeout=config.wire.timeout,
+        max_frame=config.wire.max_frame,
+    )
+
+
+def run(coroutine: Any) -> Any:
+    """Run one coroutine to completion (the CLI is synchronous)."""
+    return asyncio.run(coroutine)

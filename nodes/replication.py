@@ -1,0 +1,168 @@
+"""The backup cluster as one replicated chunk store: placement, put, get, repair."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import blake3
+
+from nodes.errors import ChunkMissing, NodeError
+from nodes.peers import Peers
+
+PAGE = 4096
+BATCH_BYTES = 4 * 1024 * 1024
+Progress = Callable[[int, int], None]
+
+
+def placement(chunk_id: bytes, nodes: Sequence[str], replicas: int) -> list[str]:
+    """Rendezvous hashing: the `replicas` nodes whose hash with the chunk id scores highest.
+
+    Adding or removing a node moves only the chunks it gains or loses, and a
+    node replaced under the same name is responsible for the same chunks.
+    """
+    ranked = sorted(nodes, key=lambda n: blake3.blake3(n.encode() + b"\0" + chunk_id).digest())
+    return ranked[::-1][:replicas]
+
+
+@dataclass
+class RepairReport:
+    """What a repair found and did."""
+
+    chunks: int = 0
+    copies_made: int = 0
+    under_replicated: int = 0
+    unreachable: list[str] = field(default_factory=list)
+
+
+class BackupCluster:
+    """Client-side view of the backup nodes: every chunk on `replicas` of them."""
+
+    def __init__(self, peers: Peers, nodes: Sequence[str], replicas: int) -> None:
+        self.peers = peers
+        self.nodes = list(nodes)
+        self.replicas = replicas
+
+    def placement(self, chunk_id: bytes) -> list[str]:
+        """The nodes that should hold `chunk_id`."""
+        return placement(chunk_id, self.nodes, self.replicas)
+
+    async def missing(self, ids: Sequence[bytes]) -> dict[bytes, list[str]]:
+        """For each id, the nodes it should be on (reachable ones first) that lack it."""
+        wanted: dict[str, list[bytes]] = defaultdict(list)
+        for chunk_id in ids:
+            for node in self._targets(chunk_id):
+                wanted[node].append(chunk_id)
+        lacking: dict[bytes, list[str]] = {}
+        for node, asked in wanted.items():
+            answer = await self.peers.call(node, "chunk.has_many", {"ids": asked})
+            for chunk_id, present in zip(asked, answer["present"], strict=True):
+                if not present:
+                    lacking.setdefault(chunk_id, []).append(node)
+        return lacking
+
+    def _targets(self, chunk_id: bytes) -> list[str]:
+        """Placement order, skipping nodes that are down, so R copies are still made."""
+        ranked = placement(chunk_id, self.nodes, len(self.nodes))
+        alive = [n for n in ranked if self._alive(n)]
+        return alive[: self.replicas]
+
+    def _alive(self, node: str) -> bool:
+        try:
+            self.peers.runfile(node)
+        except NodeError:
+            return False
+        return True
+
+    async def put(self, blobs: dict[bytes, bytes], targets: dict[bytes, list[str]]) -> int:
+        """Store each blob on its target nodes; return the number of copies written."""
+        per_node: dict[str, list[list[bytes]]] = defaultdict(list)
+        for chunk_id, nodes in targets.items():
+            for node in nodes:
+                per_node[node].append([chunk_id, blobs[chunk_id]])
+        written = 0
+        for node, items in per_node.items():
+            for batch in _batches(items):
+                await self.peers.call(node, "chunk.put_many", {"items": batch})
+                written += len(batch)
+        return written
+
+    async def get(self, ids: Sequence[bytes]) -> dict[bytes, bytes]:
+        """Fetch each chunk from the first node that returns a good copy."""
+        found: dict[bytes, bytes] = {}
+        for chunk_id in ids:
+            found[chunk_id] = await self._get_one(chunk_id)
+        return found
+
+    async def _get_one(self, chunk_id: bytes) -> bytes:
+        ranked = placement(chunk_id, self.nodes, len(self.nodes))
+        for node in ranked:
+            try:
+                answer = await self.peers.call(node, "chunk.get_many", {"ids": [chunk_id]})
+            except NodeError:
+                continue
+            (blob,) = answer["blobs"]
+            if isinstance(blob, bytes):
+                return blob
+        raise ChunkMissing(chunk_id)
+
+    async def holders(self) -> tuple[dict[bytes, set[str]], list[str]]:
+        """Which reachable node holds which chunk; and the unreachable nodes."""
+        held: dict[bytes, set[str]] = defaultdict(set)
+        unreachable: list[str] = []
+        for node in self.nodes:
+            try:
+                async for chunk_id in self._list(node):
+                    held[chunk_id].add(node)
+            except NodeError:
+                unreachable.append(node)
+        return held, unreachable
+
+    async def _list(self, node: str) -> AsyncIterator[bytes]:
+        after = b""
+        while True:
+            page = await self.peers.call(node, "chunk.list", {"after": after, "limit": PAGE})
+            for chunk_id in page["ids"]:
+                yield chunk_id
+            if not page["more"]:
+                return
+            after = page["ids"][-1]
+
+    async def repair(self, progress: Progress | None = None) -> RepairReport:
+        """Bring every chunk back to R copies on the nodes placement names."""
+        held, unreachable = await self.holders()
+        report = RepairReport(chunks=len(held), unreachable=unreachable)
+        for done, (chunk_id, nodes) in enumerate(sorted(held.items()), start=1):
+            wanted = [n for n in self.placement(chunk_id) if n not in unreachable]
+            lacking = [n for n in wanted if n not in nodes]
+            if lacking:
+                report.copies_made += await self._copy(chunk_id, sorted(nodes), lacking)
+            if len(nodes | set(lacking)) < self.replicas:
+                report.under_replicated += 1
+            if progress is not None:
+                progress(done, len(held))
+        return report
+
+    async def _copy(self, chunk_id: bytes, sources: list[str], targets: list[str]) -> int:
+        for source in sources:
+            answer = await self.peers.call(source, "chunk.get_many", {"ids": [chunk_id]})
+            (blob,) = answer["blobs"]
+            if isinstance(blob, bytes):
+                for target in targets:
+                    await self.peers.call(target, "chunk.put_many", {"items": [[chunk_id, blob]]})
+                return len(targets)
+        return 0
+
+
+def _batches(items: Iterable[list[bytes]]) -> Iterable[list[list[bytes]]]:
+    batch: list[list[bytes]] = []
+    size = 0
+    for item in items:
+        batch.append(item)
+        size += len(item[1])
+        if size >= BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch

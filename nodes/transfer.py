@@ -1,0 +1,180 @@
+"""The transfer node: pull a frozen view's chunks, key, dedup, compress, encrypt, push."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from nodes.chunks import ChunkCodec, is_zero
+from nodes.config import Config
+from nodes.peers import Peers, node_names
+from nodes.replication import BackupCluster
+from nodes.request_args import integer, text
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+BATCH = 64
+IN_FLIGHT = 2
+
+
+@dataclass
+class TransferStats:
+    """What one pass over a view did."""
+
+    chunks_read: int = 0
+    zero_chunks: int = 0
+    new_chunks: int = 0
+    deduplicated: int = 0
+    bytes_read: int = 0
+    bytes_stored: int = 0
+    copies_written: int = 0
+    seconds: float = 0.0
+    chunk_map: dict[int, bytes | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a frozen view is: business node, VM disk and view name."""
+
+    node: str
+    vm: str
+    resource_id: str
+    view: str
+
+    def args(self) -> dict[str, Any]:
+        """Arguments naming the view in business-node requests."""
+        return {"vm": self.vm, "resource_id": self.resource_id, "view": self.view}
+
+
+class Pipeline:
+    """Moves chunks from a business node's frozen view to the backup cluster.
+
+    Batches of 64 chunks flow through: read (business node) → id and zero
+    test → ask the cluster which copies are missing → compress and encrypt
+    only those → push to their R nodes. At most two batches are in memory;
+    hashing and compression run on a thread pool, off the event loop.
+    """
+
+    def __init__(self, peers: Peers, cluster: BackupCluster, codec: ChunkCodec) -> None:
+        self.peers = peers
+        self.cluster = cluster
+        self.codec = codec
+        self._cpu = ThreadPoolExecutor(max_workers=2, thread_name_prefix="codec")
+
+    def close(self) -> None:
+        """Stop the worker threads."""
+        self._cpu.shutdown(wait=True)
+
+    async def run(self, source: Source, since: int | None = None) -> TransferStats:
+        """Process the chunks of `source` changed after generation `since` (default: the base)."""
+        started = time.monotonic()
+        stats = TransferStats()
+        queue: asyncio.Queue[list[tuple[int, bytes]] | None] = asyncio.Queue(IN_FLIGHT)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._read(source, since, queue))
+            group.create_task(self._store(queue, stats))
+        stats.seconds = time.monotonic() - started
+        return stats
+
+    async def _read(
+        self,
+        source: Source,
+        since: int | None,
+        queue: asyncio.Queue[list[tuple[int, bytes]] | None],
+    ) -> None:
+        start = 0
+        while True:
+            args = {**source.args(), "start": start}
+            if since is not None:
+                args["since"] = since
+            page = await self.peers.call(source.node, "volume.changed", args)
+            indexes: list[int] = page["indexes"]
+            for i in range(0, len(indexes), BATCH):
+                wanted = indexes[i : i + BATCH]
+                reply = await self.peers.call(
+                    source.node, "volume.read_chunks", {**source.args(), "indexes": wanted}
+                )
+                await queue.put(list(zip(wanted, reply["chunks"], strict=True)))
+            if not page["more"] or not indexes:
+                break
+            start = indexes[-1] + 1
+        await queue.put(None)
+
+    async def _store(
+        self, queue: asyncio.Queue[list[tuple[int, bytes]] | None], stats: TransferStats
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        while (batch := await queue.get()) is not None:
+            keyed = await loop.run_in_executor(self._cpu, self._key, batch)
+            stats.chunks_read += len(batch)
+            stats.bytes_read += sum(len(data) for _idx, data in batch)
+            present = {idx: cid for idx, cid, _data in keyed if cid is not None}
+            stats.zero_chunks += len(batch) - len(present)
+            stats.chunk_map.update({idx: present.get(idx) for idx, _data in batch})
+            lacking = await self.cluster.missing(list(dict.fromkeys(present.values())))
+            plain = {cid: data for _idx, cid, data in keyed if cid in lacking}
+            stored = await loop.run_in_executor(self._cpu, self._encode, plain)
+            stats.new_chunks += len(stored)
+            stats.deduplicated += len(present) - len(stored)
+            stats.bytes_stored += sum(len(b) for b in stored.values())
+            stats.copies_written += await self.cluster.put(stored, lacking)
+
+    def _key(self, batch: list[tuple[int, bytes]]) -> list[tuple[int, bytes | None, bytes]]:
+        return [
+            (idx, None if is_zero(data) else self.codec.chunk_id(data), data) for idx, data in batch
+        ]
+
+    def _encode(self, plain: dict[bytes, bytes]) -> dict[bytes, bytes]:
+        return {cid: self.codec.encode(data, cid) for cid, data in plain.items()}
+
+
+class Transfer:
+    """The transfer node's service: runs pipelines on request."""
+
+    def __init__(self, config: Config, name: str) -> None:
+        self.config = config
+        self.name = name
+        self.peers = Peers(config, name)
+        cluster = BackupCluster(self.peers, node_names(config, "backup"), config.topology.replicas)
+        codec = ChunkCodec(config.data_key(), config.storage.compression_level)
+        self.pipeline = Pipeline(self.peers, cluster, codec)
+        self.processed = 0
+
+    @classmethod
+    async def open(cls, config: Config, name: str) -> Transfer:
+        """Create the service."""
+        return cls(config, name)
+
+    async def close(self) -> None:
+        """Close connections and threads."""
+        await self.peers.close()
+        self.pipeline.close()
+
+    def handlers(self) -> dict[str, Handler]:
+        """The operations this node serves."""
+        return {"node.status": self.status, "transfer.process": self.process}
+
+    async def status(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Role and how many views it processed."""
+        return {
+            "name": self.name,
+            "role": "transfer",
+            "pid": os.getpid(),
+            "processed": self.processed,
+        }
+
+    async def process(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Process one frozen view into the backup cluster; return stats and the chunk map."""
+        source = Source(
+            text(args, "node"), text(args, "vm"), text(args, "resource_id"), text(args, "view")
+        )
+        since = integer(args, "since") if "since" in args else None
+        stats = await self.pipeline.run(source, since)
+        self.processed += 1
+        result = asdict(stats)
+        result["chunk_map"] = [[idx, cid] for idx, cid in sorted(stats.chunk_map.items())]
+        return result

@@ -1,0 +1,432 @@
+"""Business volumes: sparse chunk arrays written in place, with O(1) frozen views."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from nodes.blockdev import STATE_HOLE, STATE_ZERO, Extent
+from nodes.errors import VolumeError
+
+DEFAULT_CHUNK = 64 * 1024
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS volume (
+    id INTEGER PRIMARY KEY CHECK (id = 1), size INTEGER NOT NULL, chunk_size INTEGER NOT NULL,
+    generation INTEGER NOT NULL, base_generation INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (idx INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS chunks_gen ON chunks (gen);
+CREATE TABLE IF NOT EXISTS views (name TEXT PRIMARY KEY, gen INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS preserved (
+    idx INTEGER NOT NULL, gen_from INTEGER NOT NULL, gen_to INTEGER NOT NULL,
+    offset INTEGER, PRIMARY KEY (idx, gen_from));
+"""
+
+
+@dataclass(frozen=True)
+class ViewInfo:
+    """A frozen view: its name and the write generation it froze."""
+
+    name: str
+    generation: int
+
+
+class Volume:
+    """A VM disk: a fixed-size array of chunks in a sparse file, written in place.
+
+    Layout of the volume's folder::
+
+        data.raw      sparse file of ``size`` bytes: the live contents
+        cow.data      chunks preserved for frozen views, appended
+        meta.sqlite   volume:    size, chunk size, current generation, base generation
+                      chunks:    idx -> generation of its last write (written chunks only)
+                      views:     name -> generation it froze
+                      preserved: (idx, gen_from, gen_to) -> offset in cow.data
+                                 (content written at gen_from, seen by views whose
+                                 generation lies in [gen_from, gen_to]; NULL offset = zeros)
+
+    Every write belongs to the current generation. Freezing a view records the
+    generation and starts a new one: metadata only. The first write to a chunk
+    in a generation copies the chunk's old contents to ``cow.data`` if a live
+    view still sees them, and records the chunk's new generation; that
+    metadata is committed *before* the data is written, so after a ``kill -9``
+    every frozen view still reads what it froze and no written chunk is
+    missing from the dirty set. ``flush`` makes everything durable.
+
+    Dirty tracking: the chunks changed since the base generation (that of the
+    last committed snapshot's view) are those whose generation is newer.
+    """
+
+    def __init__(self, folder: Path, db: sqlite3.Connection) -> None:
+        self.folder = folder
+        self._db = db
+        size, chunk, gen, base = db.execute(
+            "SELECT size, chunk_size, generation, base_generation FROM volume"
+        ).fetchone()
+        self._size, self.chunk_size = int(size), int(chunk)
+        self._gen, self._base = int(gen), int(base)
+        self.chunks = -(-self._size // self.chunk_size)
+        self._data = os.open(folder / "data.raw", os.O_RDWR)
+        self._cow = os.open(folder / "cow.data", os.O_RDWR | os.O_CREAT, 0o600)
+        self._cow_end = os.fstat(self._cow).st_size
+        self._fresh = bytearray(-(-self.chunks // 8))
+        self._views: dict[str, int] = dict(db.execute("SELECT name, gen FROM views"))
+        self._lock = threading.Lock()
+
+    @classmethod
+    def create(cls, folder: Path, size: int, chunk_size: int = DEFAULT_CHUNK) -> Volume:
+        """Create an empty (all holes) volume of `size` bytes."""
+        if size <= 0 or chunk_size <= 0 or chunk_size & (chunk_size - 1):
+            raise VolumeError(f"invalid volume geometry: size {size}, chunk size {chunk_size}")
+        folder.mkdir(parents=True, exist_ok=False)
+        with (folder / "data.raw").open("wb") as data:
+            data.truncate(size)
+        db = _connect(folder)
+        with db:
+            db.execute("INSERT INTO volume VALUES (1, ?, ?, 1, 0)", (size, chunk_size))
+        return cls(folder, db)
+
+    @classmethod
+    def open(cls, folder: Path) -> Volume:
+        """Open an existing volume."""
+        if not (folder / "meta.sqlite").exists():
+            raise VolumeError(f"no volume in {folder}")
+        return cls(folder, _connect(folder))
+
+    # -- BlockDevice ----------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Size in bytes."""
+        return self._size
+
+    @property
+    def read_only(self) -> bool:
+        """The live volume is writable."""
+        return False
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Read the live contents."""
+        return self.read_live(offset, length)
+
+    async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
+        """Write in place, preserving what frozen views still need first."""
+        self.write_live(offset, data)
+        if fua:
+            await asyncio.to_thread(self.sync)
+
+    async def write_zeroes(self, offset: int, length: int, may_trim: bool = True) -> None:
+        """Zero a range: whole chunks become holes, partial ones are written."""
+        self.zero_live(offset, length)
+
+    async def trim(self, offset: int, length: int) -> None:
+        """Discard a range (it reads as zeros afterwards)."""
+        self.zero_live(offset, length)
+
+    async def flush(self) -> None:
+        """Make every completed write durable."""
+        await asyncio.to_thread(self.sync)
+
+    async def block_status(self, offset: int, length: int) -> list[Extent]:
+        """Report holes and data from the sparse file."""
+        return _extents(self._data, offset, min(length, self._size - offset))
+
+    # -- synchronous core -----------------------------------------------------
+
+    def read_live(self, offset: int, length: int) -> bytes:
+        """Read `length` bytes at `offset` of the live volume."""
+        data = os.pread(self._data, length, offset)
+        return data if len(data) == length else data + bytes(length - len(data))
+
+    def write_live(self, offset: int, data: bytes) -> None:
+        """Write `data` at `offset`."""
+        self._check(offset, len(data))
+        with self._lock:
+            self._touch(offset, len(data))
+            os.pwrite(self._data, data, offset)
+
+    def zero_live(self, offset: int, length: int) -> None:
+        """Make a range read as zeros."""
+        self._check(offset, length)
+        with self._lock:
+            self._touch(offset, length)
+            _zero_range(self._data, offset, length, self.chunk_size)
+
+    def sync(self) -> None:
+        """Fsync the data, the preserved chunks and the metadata."""
+        with self._lock:
+            os.fsync(self._cow)
+            self._db.execute("PRAGMA synchronous=FULL")
+            with self._db:
+                self._db.execute("UPDATE volume SET generation = generation")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            os.fsync(self._data)
+
+    def close(self) -> None:
+        """Close the files."""
+        os.close(self._data)
+        os.close(self._cow)
+        self._db.close()
+
+    # -- views ------------------------------------------------------------------
+
+    def freeze(self, name: str) -> ViewInfo:
+        """Freeze the current contents as view `name`: metadata only, writes go on."""
+        with self._lock:
+            if name in self._views:
+                raise VolumeError(f"view {name!r} already exists")
+            frozen = self._gen
+            with self._db:
+                self._db.execute("INSERT INTO views VALUES (?, ?)", (name, frozen))
+                self._db.execute("UPDATE volume SET generation = ?", (frozen + 1,))
+            self._views[name] = frozen
+            self._gen = frozen + 1
+            self._fresh = bytearray(len(self._fresh))
+        return ViewInfo(name, frozen)
+
+    def views(self) -> list[ViewInfo]:
+        """The live frozen views, oldest first."""
+        return [ViewInfo(n, g) for n, g in sorted(self._views.items(), key=lambda v: v[1])]
+
+    def view(self, name: str) -> FrozenView:
+        """A read-only block device over view `name`."""
+        if name not in self._views:
+            raise VolumeError(f"no view {name!r} on this volume")
+        return FrozenView(self, name, self._views[name])
+
+    def release(self, name: str) -> None:
+        """Drop view `name` and the preserved chunks only it needed."""
+        with self._lock:
+            if self._views.pop(name, None) is None:
+                return
+            with self._db:
+                self._db.execute("DELETE FROM views WHERE name = ?", (name,))
+                self._drop_unneeded()
+            if not self._views:
+                os.ftruncate(self._cow, 0)
+                self._cow_end = 0
+
+    def commit_base(self, name: str) -> None:
+        """Record that view `name` is now the last committed snapshot (the dirty baseline)."""
+        with self._lock:
+            gen = self._views.get(name)
+            if gen is None:
+                raise VolumeError(f"no view {name!r} on this volume")
+            with self._db:
+                self._db.execute("UPDATE volume SET base_generation = ?", (gen,))
+            self._base = gen
+
+    def changed_chunks(self, name: str, since: int | None = None) -> Iterator[int]:
+        """Chunks of view `name` written after generation `since` (default: the base)."""
+        gen = self._views.get(name)
+        if gen is None:
+            raise VolumeError(f"no view {name!r} on this volume")
+        base = self._base if since is None else since
+        rows = self._db.execute(
+            "SELECT idx FROM chunks WHERE gen > ? AND gen <= ? UNION "
+            "SELECT idx FROM preserved WHERE gen_from > ? AND gen_from <= ? AND gen_to >= ? "
+            "ORDER BY idx",
+            (base, gen, base, gen, gen),
+        )
+        for (idx,) in rows:
+            yield int(idx)
+
+    def dirty_chunks(self) -> list[int]:
+        """Live chunks written since the base generation."""
+        rows = self._db.execute("SELECT idx FROM chunks WHERE gen > ? ORDER BY idx", (self._base,))
+        return [int(idx) for (idx,) in rows]
+
+    @property
+    def base_generation(self) -> int:
+        """Generation of the last committed snapshot's view (0: none yet)."""
+        return self._base
+
+    def read_view_chunk(self, gen: int, idx: int) -> bytes:
+        """Chunk `idx` as the view frozen at generation `gen` sees it."""
+        with self._lock:
+            row = self._db.execute("SELECT gen FROM chunks WHERE idx = ?", (idx,)).fetchone()
+            if row is None or row[0] <= gen:
+                return self.read_live(idx * self.chunk_size, self._chunk_len(idx))
+            kept = self._db.execute(
+                "SELECT offset FROM preserved WHERE idx = ? AND gen_from <= ? AND gen_to >= ?",
+                (idx, gen, gen),
+            ).fetchone()
+        if kept is None:
+            raise VolumeError(f"chunk {idx} of the view at generation {gen} was not preserved")
+        if kept[0] is None:
+            return bytes(self._chunk_len(idx))
+        return os.pread(self._cow, self._chunk_len(idx), kept[0])
+
+    # -- internals --------------------------------------------------------------
+
+    def _check(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self._size:
+            raise VolumeError(f"range {offset}+{length} is outside the volume ({self._size} bytes)")
+
+    def _chunk_len(self, idx: int) -> int:
+        return min(self.chunk_size, self._size - idx * self.chunk_size)
+
+    def _touch(self, offset: int, length: int) -> None:
+        """Before writing: preserve old contents views need, and record the new generation."""
+        if length == 0:
+            return
+        first, last = offset // self.chunk_size, (offset + length - 1) // self.chunk_size
+        fresh = [i for i in range(first, last + 1) if not self._fresh[i >> 3] & (1 << (i & 7))]
+        if not fresh:
+            return
+        newest_view = max(self._views.values(), default=0)
+        with self._db:
+            for idx in fresh:
+                row = self._db.execute("SELECT gen FROM chunks WHERE idx = ?", (idx,)).fetchone()
+                old = row[0] if row else 0
+                if old < self._gen and any(old <= g for g in self._views.values()):
+                    self._preserve(idx, old, newest_view)
+            self._db.executemany(
+                "INSERT OR REPLACE INTO chunks VALUES (?, ?)", ((i, self._gen) for i in fresh)
+            )
+        for idx in fresh:
+            self._fresh[idx >> 3] |= 1 << (idx & 7)
+
+    def _preserve(self, idx: int, written: int, upto: int) -> None:
+        offset: int | None = None
+        if written:
+            data = self.read_live(idx * self.chunk_size, self._chunk_len(idx))
+            if data.count(0) != len(data):
+                offset = self._cow_end
+                os.pwrite(self._cow, data, offset)
+                self._cow_end += len(data)
+        self._db.execute(
+            "INSERT OR REPLACE INTO preserved VALUES (?, ?, ?, ?)", (idx, written, upto, offset)
+        )
+
+    def _drop_unneeded(self) -> None:
+        gens = sorted(self._views.values())
+        rows = self._db.execute("SELECT idx, gen_from, gen_to FROM preserved").fetchall()
+        dead = [(i, f) for i, f, t in rows if not any(f <= g <= t for g in gens)]
+        self._db.executemany("DELETE FROM preserved WHERE idx = ? AND gen_from = ?", dead)
+
+
+class FrozenView:
+    """A read-only block device over a volume's frozen view."""
+
+    def __init__(self, volume: Volume, name: str, generation: int) -> None:
+        self.volume = volume
+        self.name = name
+        self.generation = generation
+
+    @property
+    def size(self) -> int:
+        """Size of the volume."""
+        return self.volume.size
+
+    @property
+    def read_only(self) -> bool:
+        """Views are never written."""
+        return True
+
+    def read_chunk(self, idx: int) -> bytes:
+        """Chunk `idx` as frozen."""
+        return self.volume.read_view_chunk(self.generation, idx)
+
+    def read_range(self, offset: int, length: int) -> bytes:
+        """Read any range of the view."""
+        chunk = self.volume.chunk_size
+        out = bytearray()
+        position = offset
+        while position < offset + length:
+            idx, within = divmod(position, chunk)
+            piece = self.read_chunk(idx)[within : within + offset + length - position]
+            out += piece
+            position += len(piece)
+        return bytes(out)
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Read as frozen."""
+        return self.read_range(offset, length)
+
+    async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
+        """Refuse: views are read-only."""
+        raise VolumeError("a frozen view is read-only")
+
+    async def write_zeroes(self, offset: int, length: int, may_trim: bool = True) -> None:
+        """Refuse: views are read-only."""
+        raise VolumeError("a frozen view is read-only")
+
+    async def trim(self, offset: int, length: int) -> None:
+        """Refuse: views are read-only."""
+        raise VolumeError("a frozen view is read-only")
+
+    async def flush(self) -> None:
+        """Nothing to flush."""
+
+    async def block_status(self, offset: int, length: int) -> list[Extent]:
+        """Report everything as data (a view does not track holes)."""
+        return [Extent(min(length, self.size - offset), 0)]
+
+
+def _connect(folder: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(folder / "meta.sqlite", check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(_SCHEMA)
+    db.isolation_level = "DEFERRED"
+    return db
+
+
+_FALLOC_PUNCH = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+
+
+def _zero_range(fd: int, offset: int, length: int, chunk: int) -> None:
+    """Punch holes over whole chunks, write zeros over the partial ends."""
+    end = offset + length
+    start_full = -(-offset // chunk) * chunk
+    end_full = end // chunk * chunk
+    if start_full < end_full:
+        if not _punch(fd, start_full, end_full - start_full):
+            _write_zeros(fd, start_full, end_full - start_full)
+        _write_zeros(fd, offset, start_full - offset)
+        _write_zeros(fd, end_full, end - end_full)
+    else:
+        _write_zeros(fd, offset, length)
+
+
+def _write_zeros(fd: int, offset: int, length: int) -> None:
+    step = 1 << 20
+    while length > 0:
+        n = min(step, length)
+        os.pwrite(fd, bytes(n), offset)
+        offset, length = offset + n, length - n
+
+
+def _punch(fd: int, offset: int, length: int) -> bool:
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    result = libc.fallocate(fd, _FALLOC_PUNCH, ctypes.c_longlong(offset), ctypes.c_longlong(length))
+    return bool(result == 0)
+
+
+def _extents(fd: int, offset: int, length: int) -> list[Extent]:
+    """Holes and data of a sparse file, via SEEK_DATA/SEEK_HOLE."""
+    end = offset + length
+    out: list[Extent] = []
+    position = offset
+    while position < end:
+        try:
+            data = os.lseek(fd, position, os.SEEK_DATA)
+        except OSError:
+            data = end
+        if data > position:
+            hole_end = min(data, end)
+            out.append(Extent(hole_end - position, STATE_HOLE | STATE_ZERO))
+            position = hole_end
+            continue
+        hole = min(os.lseek(fd, position, os.SEEK_HOLE), end)
+        out.append(Extent(hole - position, 0))
+        position = hole
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from nodes.errors import ChunkMissing, NodeError
 from nodes.peers import Peers
 
 PAGE = 4096
+GET_BATCH = 64
 BATCH_BYTES = 4 * 1024 * 1024
 Progress = Callable[[int, int], None]
 
@@ -54,9 +56,14 @@ class BackupCluster:
         for chunk_id in ids:
             for node in self._targets(chunk_id):
                 wanted[node].append(chunk_id)
+        answers = await asyncio.gather(
+            *(
+                self.peers.call(node, "chunk.has_many", {"ids": asked})
+                for node, asked in wanted.items()
+            )
+        )
         lacking: dict[bytes, list[str]] = {}
-        for node, asked in wanted.items():
-            answer = await self.peers.call(node, "chunk.has_many", {"ids": asked})
+        for (node, asked), answer in zip(wanted.items(), answers, strict=True):
             for chunk_id, present in zip(asked, answer["present"], strict=True):
                 if not present:
                     lacking.setdefault(chunk_id, []).append(node)
@@ -81,18 +88,42 @@ class BackupCluster:
         for chunk_id, nodes in targets.items():
             for node in nodes:
                 per_node[node].append([chunk_id, blobs[chunk_id]])
+        counts = await asyncio.gather(*(self._put_node(n, items) for n, items in per_node.items()))
+        return sum(counts)
+
+    async def _put_node(self, node: str, items: list[list[bytes]]) -> int:
         written = 0
-        for node, items in per_node.items():
-            for batch in _batches(items):
-                await self.peers.call(node, "chunk.put_many", {"items": batch})
-                written += len(batch)
+        for batch in _batches(items):
+            await self.peers.call(node, "chunk.put_many", {"items": batch})
+            written += len(batch)
         return written
 
     async def get(self, ids: Sequence[bytes]) -> dict[bytes, bytes]:
-        """Fetch each chunk from the first node that returns a good copy."""
-        found: dict[bytes, bytes] = {}
+        """Fetch each chunk from its first reachable replica; fall back to the others."""
+        by_node: dict[str, list[bytes]] = defaultdict(list)
         for chunk_id in ids:
-            found[chunk_id] = await self._get_one(chunk_id)
+            targets = self._targets(chunk_id)
+            by_node[targets[0] if targets else self.nodes[0]].append(chunk_id)
+        pages = await asyncio.gather(
+            *(self._get_node(node, wanted) for node, wanted in by_node.items())
+        )
+        found: dict[bytes, bytes] = {}
+        for page in pages:
+            found.update(page)
+        for chunk_id in ids:
+            if chunk_id not in found:
+                found[chunk_id] = await self._get_one(chunk_id)
+        return found
+
+    async def _get_node(self, node: str, ids: list[bytes]) -> dict[bytes, bytes]:
+        found: dict[bytes, bytes] = {}
+        for start in range(0, len(ids), GET_BATCH):
+            batch = ids[start : start + GET_BATCH]
+            try:
+                answer = await self.peers.call(node, "chunk.get_many", {"ids": batch})
+            except NodeError:
+                return found
+            found.update((c, b) for c, b in zip(batch, answer["blobs"], strict=True) if b)
         return found
 
     async def _get_one(self, chunk_id: bytes) -> bytes:

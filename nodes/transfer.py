@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from nodes.chunks import ChunkCodec, is_zero
 from nodes.config import Config
@@ -17,6 +17,8 @@ from nodes.replication import BackupCluster
 from nodes.request_args import integer, text
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+A = TypeVar("A")
+B = TypeVar("B")
 BATCH = 64
 IN_FLIGHT = 2
 
@@ -107,9 +109,8 @@ class Pipeline:
     async def _store(
         self, queue: asyncio.Queue[list[tuple[int, bytes]] | None], stats: TransferStats
     ) -> None:
-        loop = asyncio.get_running_loop()
         while (batch := await queue.get()) is not None:
-            keyed = await loop.run_in_executor(self._cpu, self._key, batch)
+            keyed = await self._parallel(self._key, batch)
             stats.chunks_read += len(batch)
             stats.bytes_read += sum(len(data) for _idx, data in batch)
             present = {idx: cid for idx, cid, _data in keyed if cid is not None}
@@ -117,7 +118,7 @@ class Pipeline:
             stats.chunk_map.update({idx: present.get(idx) for idx, _data in batch})
             lacking = await self.cluster.missing(list(dict.fromkeys(present.values())))
             plain = {cid: data for _idx, cid, data in keyed if cid in lacking}
-            stored = await loop.run_in_executor(self._cpu, self._encode, plain)
+            stored = dict(await self._parallel(self._encode, list(plain.items())))
             stats.new_chunks += len(stored)
             stats.deduplicated += len(present) - len(stored)
             stats.bytes_stored += sum(len(b) for b in stored.values())
@@ -128,8 +129,18 @@ class Pipeline:
             (idx, None if is_zero(data) else self.codec.chunk_id(data), data) for idx, data in batch
         ]
 
-    def _encode(self, plain: dict[bytes, bytes]) -> dict[bytes, bytes]:
-        return {cid: self.codec.encode(data, cid) for cid, data in plain.items()}
+    def _encode(self, plain: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        return [(cid, self.codec.encode(data, cid)) for cid, data in plain]
+
+    async def _parallel(self, work: Callable[[list[A]], list[B]], items: list[A]) -> list[B]:
+        """Split `items` over the worker threads (BLAKE3 and zstd release the GIL)."""
+        loop = asyncio.get_running_loop()
+        half = (len(items) + 1) // 2
+        parts = await asyncio.gather(
+            loop.run_in_executor(self._cpu, work, items[:half]),
+            loop.run_in_executor(self._cpu, work, items[half:]),
+        )
+        return parts[0] + parts[1]
 
 
 class Transfer:

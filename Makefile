@@ -39,6 +39,10 @@ test: lint tools
 
 bench: $(STAMP)
 	$(BIN)/python bench/ledger_bench.py
+	$(BIN)/python bench/nbd_bench.py
+	$(BIN)/python bench/chunk_store_bench.py
+	$(BIN)/python bench/chunk_size_bench.py
+	$(BIN)/python bench/storage_bench.py
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

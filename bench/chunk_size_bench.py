@@ -87,12 +87,10 @@ def main() -> None:
     parser.add_argument("--random-writes", type=int, default=2000)
     args = parser.parse_args()
     pieces = image(args.size_mib * MiB)
-    print(
-        f"image {args.size_mib} MiB; {args.random_writes} random 4 KiB writes; median of {args.rounds}"
-    )
-    print(
-        f"{'chunk':>7} {'write MB/s':>11} {'process MB/s':>13} {'index rows/GiB':>15} {'read amplif.':>13}"
-    )
+    print(f"image {args.size_mib} MiB; {args.random_writes} random 4 KiB writes; ", end="")
+    print(f"median of {args.rounds}")
+    header = ("chunk", "write MB/s", "process MB/s", "index rows/GiB", "read amplif.")
+    print(f"{header[0]:>7} {header[1]:>11} {header[2]:>13} {header[3]:>15} {header[4]:>13}")
     for chunk in (16 * 1024, 32 * 1024, 64 * 1024):
         runs = []
         for _ in range(args.rounds):

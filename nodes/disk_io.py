@@ -17,6 +17,7 @@ from nodes.client import NodeClient
 from nodes.config import Config
 
 PIECE = 4 * 1024 * 1024
+EXTENT_WINDOW = 1024 * 1024 * 1024
 QCOW2_MAGIC = b"QFI\xfb"
 Progress = Callable[[int], None]
 
@@ -123,7 +124,7 @@ async def export_raw(
             async with _client(config, disk) as client:
                 offset = 0
                 while offset < size:
-                    length = min(PIECE, size - offset)
+                    length = min(EXTENT_WINDOW, size - offset)
                     extents = await client.call(
                         "volume.extents", {**target, "offset": offset, "length": length}
                     )

@@ -6,7 +6,6 @@ import asyncio
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +81,10 @@ class Volume:
         """Create an empty (all holes) volume of `size` bytes."""
         if size <= 0 or chunk_size <= 0 or chunk_size & (chunk_size - 1):
             raise VolumeError(f"invalid volume geometry: size {size}, chunk size {chunk_size}")
-        folder.mkdir(parents=True, exist_ok=False)
+        try:
+            folder.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            raise VolumeError(f"a volume already exists in {folder}") from None
         with (folder / "data.raw").open("wb") as data:
             data.truncate(size)
         db = _connect(folder)
@@ -139,6 +141,7 @@ class Volume:
 
     def read_live(self, offset: int, length: int) -> bytes:
         """Read `length` bytes at `offset` of the live volume."""
+        self._check(offset, length)
         data = os.pread(self._data, length, offset)
         return data if len(data) == length else data + bytes(length - len(data))
 
@@ -220,7 +223,7 @@ class Volume:
                 self._db.execute("UPDATE volume SET base_generation = ?", (gen,))
             self._base = gen
 
-    def changed_chunks(self, name: str, since: int | None = None) -> Iterator[int]:
+    def changed_chunks(self, name: str, since: int | None = None) -> list[int]:
         """Chunks of view `name` written after generation `since` (default: the base)."""
         gen = self._views.get(name)
         if gen is None:
@@ -232,8 +235,7 @@ class Volume:
             "ORDER BY idx",
             (base, gen, base, gen, gen),
         )
-        for (idx,) in rows:
-            yield int(idx)
+        return [int(idx) for (idx,) in rows]
 
     def dirty_chunks(self) -> list[int]:
         """Live chunks written since the base generation."""
@@ -334,6 +336,8 @@ class FrozenView:
 
     def read_range(self, offset: int, length: int) -> bytes:
         """Read any range of the view."""
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise VolumeError(f"range {offset}+{length} is outside the view ({self.size} bytes)")
         chunk = self.volume.chunk_size
         out = bytearray()
         position = offset

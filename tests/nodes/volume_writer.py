@@ -1,10 +1,10 @@
 """A process that writes to a volume until it is killed, printing every completed step.
 
-    python -m tests.nodes.volume_writer synced FOLDER ROUND
-        writes record(ROUND, i) for i = 0, 1, ...; syncs; prints i
-    python -m tests.nodes.volume_writer frozen FOLDER SEED
-        freezes view FROZEN_VIEW, makes it the base, prints "frozen"; then writes or zeros
-        random ranges without syncing, printing "write|zero OFFSET LENGTH" after each
+python -m tests.nodes.volume_writer synced FOLDER ROUND
+    writes record(ROUND, i) for i = 0, 1, ...; syncs; prints i
+python -m tests.nodes.volume_writer frozen FOLDER SEED
+    freezes view frozen_view(SEED), makes it the base, prints "frozen"; then writes or zeros
+    random ranges without syncing, printing "write|zero OFFSET LENGTH" after each
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from nodes.volume import Volume
 
 CHUNK = 4096
 ITERATIONS = 2000
-FROZEN_VIEW = "before-crash"
 
 
 def record(round_: int, iteration: int) -> tuple[int, bytes]:
@@ -26,6 +25,11 @@ def record(round_: int, iteration: int) -> tuple[int, bytes]:
     straddling two chunks, recognisable by its round and iteration."""
     stamp = f"round {round_} iteration {iteration:06d}|".encode()
     return iteration * CHUNK + 1000, (stamp * (CHUNK // len(stamp) + 1))[:CHUNK]
+
+
+def frozen_view(seed: int) -> str:
+    """The view the writer freezes before it starts writing."""
+    return f"before-crash-{seed}"
 
 
 def synced(folder: Path, round_: int) -> None:
@@ -40,8 +44,7 @@ def synced(folder: Path, round_: int) -> None:
 
 def frozen(folder: Path, seed: int) -> None:
     volume = Volume.open(folder)
-    volume.freeze(FROZEN_VIEW)
-    volume.commit_base(FROZEN_VIEW)
+    volume.commit_base(volume.freeze(frozen_view(seed)).name)
     print("frozen", flush=True)
     rng = random.Random(seed)
     while True:

@@ -6,31 +6,42 @@ import fcntl
 import logging
 import os
 import sqlite3
-import struct
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import blake3
-
 from nodes.errors import ChunkCorrupted, ChunkMissing, ChunkStoreError
+from nodes.packs import (
+    DEFAULT_PACK_LIMIT,
+    ID_SIZE,
+    MAX_BLOB,
+    PACK_MAGIC,
+    RECORD,
+    RECORD_MAGIC,
+    PackFiles,
+    Place,
+    record_checksum,
+)
+
+__all__ = [
+    "DEFAULT_PACK_LIMIT",
+    "ID_SIZE",
+    "MAX_BLOB",
+    "PACK_MAGIC",
+    "RECORD",
+    "RECORD_MAGIC",
+    "ChunkStore",
+    "Recovery",
+    "ScrubReport",
+    "StoreStats",
+]
 
 log = logging.getLogger("vmsnap.chunks")
 
-DEFAULT_PACK_LIMIT = 256 * 1024 * 1024
-"""A pack is sealed and a new one started when the next record would pass this size."""
-PACK_MAGIC = b"VMSNPAK1"
-RECORD_MAGIC = b"VCR1"
-RECORD = struct.Struct(">4s32sI32s")
-"""Record header: magic, chunk id, blob length, BLAKE3 of id followed by blob."""
-ID_SIZE = 32
-MAX_BLOB = 2**32 - 1
 _BATCH = 500
-_OPEN_PACKS = 32
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -75,19 +86,6 @@ class Recovery:
     truncated_bytes: int = 0
 
 
-@dataclass(frozen=True)
-class _Place:
-    chunk_id: bytes
-    pack: int
-    offset: int
-    length: int
-    checksum: bytes
-
-
-def _checksum(chunk_id: bytes, blob: bytes | memoryview) -> bytes:
-    return blake3.blake3(chunk_id).update(blob).digest()
-
-
 class ChunkStore:
     """Chunks as records appended to pack files, found through a SQLite index.
 
@@ -96,15 +94,11 @@ class ChunkStore:
         folder/
             lock                  flock-ed while a process has the store open
             index.sqlite          (+ -wal) chunk id -> pack, offset, length, checksum
-            packs/00000001.pack   PACK_MAGIC, then records, appended only
+            packs/00000001.pack   PACK_MAGIC, then records, appended only (see nodes.packs)
             packs/00000002.pack   ...
             quarantine/           raw bytes of copies that failed a check
 
-        record = magic "VCR1" (4) | chunk id (32) | blob length (u32 BE) |
-                 BLAKE3(id || blob) (32) | blob
-
-    Records describe themselves, so a pack can be verified or re-indexed on its own. The
-    index also keeps per pack its committed size, live bytes and chunks (for garbage
+    The index also keeps per pack its committed size, live bytes and chunks (for garbage
     accounting) and a `retired` mark used by compaction.
 
     Durability: `sync` fsyncs the open pack, then commits the index, so a committed index
@@ -123,12 +117,8 @@ class ChunkStore:
         self.folder = Path(folder)
         self.pack_limit = pack_limit
         self._lock = threading.RLock()
-        self._packs_dir = self.folder / "packs"
+        self._packs = PackFiles(self.folder / "packs", pack_limit)
         self._quarantine_dir = self.folder / "quarantine"
-        self._fds: OrderedDict[int, int] = OrderedDict()
-        self._active: int | None = None
-        self._end = 0
-        self._unsynced = False
         self._lock_fd = -1
         self._closed = False
         try:
@@ -139,7 +129,7 @@ class ChunkStore:
 
     def _open(self, cache_mib: int) -> None:
         with self._guard():
-            self._packs_dir.mkdir(parents=True, exist_ok=True)
+            self._packs.folder.mkdir(parents=True, exist_ok=True)
             self._quarantine_dir.mkdir(exist_ok=True)
             self._take_lock()
             self._db = sqlite3.connect(
@@ -185,9 +175,9 @@ class ChunkStore:
             ).fetchone()
             if row is None:
                 raise ChunkMissing(chunk_id)
-            place = _Place(chunk_id, *row)
+            place = Place(chunk_id, *row)
             try:
-                return self._read(place)
+                return self._packs.read(place)
             except ChunkCorrupted as err:
                 self._quarantine(place, err.reason)
                 self._sync()
@@ -254,9 +244,9 @@ class ChunkStore:
                     (*after, _BATCH),
                 ).fetchall()
                 for row in rows:
-                    place = _Place(*row)
+                    place = Place(*row)
                     try:
-                        self._read(place)
+                        self._packs.read(place)
                     except ChunkCorrupted as err:
                         self._quarantine(place, err.reason)
                         corrupted.append(place.chunk_id)
@@ -306,9 +296,7 @@ class ChunkStore:
 
     def _release(self) -> None:
         self._closed = True
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        self._packs.close()
         if hasattr(self, "_db"):
             self._db.close()
         if self._lock_fd >= 0:
@@ -329,54 +317,35 @@ class ChunkStore:
         exists = self._db.execute("SELECT 1 FROM chunks WHERE id = ?", (chunk_id,)).fetchone()
         if exists:
             return False
-        self._append(chunk_id, blob, _checksum(chunk_id, blob))
+        self._append(chunk_id, blob, record_checksum(chunk_id, blob))
         return True
 
     def _append(self, chunk_id: bytes, blob: bytes, checksum: bytes) -> None:
         """Write a record to the open pack and index it in the current transaction."""
         size = RECORD.size + len(blob)
-        if self._active is None or (
-            self._end + size > self.pack_limit and self._end > len(PACK_MAGIC)
-        ):
+        if self._packs.needs_roll(size):
             self._roll()
-        assert self._active is not None
-        fd, offset = self._fds[self._active], self._end
-        header = RECORD.pack(RECORD_MAGIC, chunk_id, len(blob), checksum)
-        try:
-            _write_all(fd, [header, blob], offset)
-        except OSError:
-            os.ftruncate(fd, offset)
-            raise
+        pack, offset = self._packs.write(chunk_id, blob, checksum)
         self._begin()
         self._db.execute(
             "INSERT INTO chunks (id, pack, offset, length, checksum) VALUES (?, ?, ?, ?, ?)",
-            (chunk_id, self._active, offset, len(blob), checksum),
+            (chunk_id, pack, offset, len(blob), checksum),
         )
-        self._db.execute("UPDATE packs SET size = ? WHERE pack = ?", (offset + size, self._active))
-        self._account(self._active, len(blob), 1)
-        self._end = offset + size
-        self._unsynced = True
+        self._db.execute("UPDATE packs SET size = ? WHERE pack = ?", (offset + size, pack))
+        self._account(pack, len(blob), 1)
+        self._packs.advance(offset + size)
 
     def _roll(self) -> None:
         """Seal the open pack (fsync) and start the next one."""
-        if self._active is not None and self._unsynced:
-            os.fsync(self._fds[self._active])
-            self._unsynced = False
+        self._packs.sync()
         top = self._db.execute("SELECT COALESCE(MAX(pack), 0) FROM packs").fetchone()[0]
-        pack = max([top, *self._pack_files()]) + 1
-        fd = os.open(self._path(pack), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        _write_all(fd, [PACK_MAGIC], 0)
-        os.fsync(fd)
-        _fsync_dir(self._packs_dir)
-        self._remember_fd(pack, fd)
+        pack = self._packs.create(top)
         self._begin()
         self._db.execute("INSERT INTO packs (pack, size) VALUES (?, ?)", (pack, len(PACK_MAGIC)))
-        self._active, self._end = pack, len(PACK_MAGIC)
+        self._packs.activate(pack, len(PACK_MAGIC))
 
     def _sync(self) -> None:
-        if self._active is not None and self._unsynced:
-            os.fsync(self._fds[self._active])
-        self._unsynced = False
+        self._packs.sync()
         if self._db.in_transaction:
             self._db.execute("COMMIT")
 
@@ -392,31 +361,12 @@ class ChunkStore:
             (count * (RECORD.size + length), count, pack),
         )
 
-    # -- reading, compaction and quarantine --------------------------------------------------
-
-    def _read(self, place: _Place) -> bytes:
-        """The blob at `place`, or ChunkCorrupted if the record does not check out."""
-        size = RECORD.size + place.length
-        try:
-            data = os.pread(self._fd(place.pack), size, place.offset)
-        except OSError as err:
-            raise ChunkCorrupted(place.chunk_id, f"unreadable: {err}") from err
-        if len(data) != size:
-            raise ChunkCorrupted(place.chunk_id, "record cut short")
-        magic, chunk_id, length, checksum = RECORD.unpack_from(data)
-        blob = memoryview(data)[RECORD.size :]
-        expected = (RECORD_MAGIC, place.chunk_id, place.length, place.checksum)
-        if (magic, chunk_id, length, checksum) != expected:
-            raise ChunkCorrupted(place.chunk_id, "record header does not match the index")
-        if _checksum(chunk_id, blob) != checksum:
-            raise ChunkCorrupted(place.chunk_id, "checksum mismatch")
-        return bytes(blob)
+    # -- compaction and quarantine ----------------------------------------------------------
 
     def _compact_pack(self, pack: int) -> int:
         """Move the live records of `pack` to the open pack, delete it; net bytes freed."""
         self._sync()
-        if pack == self._active:
-            self._active = None
+        self._packs.stop_appending_to(pack)
         before = self._pack_bytes()
         after = -1
         while rows := self._db.execute(
@@ -425,10 +375,10 @@ class ChunkStore:
             (pack, after, _BATCH),
         ).fetchall():
             for row in rows:
-                place = _Place(*row)
+                place = Place(*row)
                 after = place.offset
                 try:
-                    blob = self._read(place)
+                    blob = self._packs.read(place)
                 except ChunkCorrupted as err:
                     self._quarantine(place, err.reason)
                     continue
@@ -438,7 +388,7 @@ class ChunkStore:
                 self._append(place.chunk_id, blob, place.checksum)
         self._db.execute("UPDATE packs SET retired = 1 WHERE pack = ?", (pack,))
         self._sync()
-        self._drop_pack_file(pack)
+        self._drop_pack(pack, missing_ok=True)
         reclaimed = before - self._pack_bytes()
         log.info("compacted pack %d: %d bytes reclaimed", pack, reclaimed)
         return reclaimed
@@ -448,19 +398,15 @@ class ChunkStore:
         total: int = self._db.execute(query).fetchone()[0]
         return total
 
-    def _drop_pack_file(self, pack: int) -> None:
-        """Delete a retired pack's file, then its index row."""
-        fd = self._fds.pop(pack, None)
-        if fd is not None:
-            os.close(fd)
-        self._path(pack).unlink(missing_ok=True)
-        _fsync_dir(self._packs_dir)
+    def _drop_pack(self, pack: int, *, missing_ok: bool = False) -> None:
+        """Delete a pack's file, then its index row."""
+        self._packs.remove(pack, missing_ok=missing_ok)
         self._db.execute("DELETE FROM packs WHERE pack = ?", (pack,))
 
-    def _quarantine(self, place: _Place, reason: str) -> None:
+    def _quarantine(self, place: Place, reason: str) -> None:
         """Keep the bad copy's bytes aside and drop it from the index."""
         try:
-            raw = os.pread(self._fd(place.pack), RECORD.size + place.length, place.offset)
+            raw = self._packs.record_bytes(place)
         except OSError:
             raw = b""
         name = f"{place.chunk_id.hex()}-{place.pack:08d}-{place.offset}.bad"
@@ -481,8 +427,8 @@ class ChunkStore:
         dropped = reindexed = truncated = 0
         self._begin()
         for (pack,) in self._db.execute("SELECT pack FROM packs WHERE retired = 1").fetchall():
-            self._drop_pack_file(pack)
-        on_disk = set(self._pack_files())
+            self._drop_pack(pack, missing_ok=True)
+        on_disk = set(self._packs.numbers())
         for (pack,) in self._db.execute("SELECT pack FROM packs").fetchall():
             if pack not in on_disk:
                 dropped += self._db.execute("DELETE FROM chunks WHERE pack = ?", (pack,)).rowcount
@@ -498,11 +444,9 @@ class ChunkStore:
         """Make one pack file and its index rows agree; (dropped, reindexed, cut bytes)."""
         row = self._db.execute("SELECT size FROM packs WHERE pack = ?", (pack,)).fetchone()
         committed = row[0] if row else 0
-        fd = self._fd(pack, writable=True)
-        actual = os.fstat(fd).st_size
+        actual, marked = self._packs.inspect(pack)
         dropped = reindexed = 0
-        magic = os.pread(fd, len(PACK_MAGIC), 0)
-        if actual < len(PACK_MAGIC) or (committed == 0 and magic != PACK_MAGIC):
+        if actual < len(PACK_MAGIC) or (committed == 0 and not marked):
             dropped = self._db.execute("DELETE FROM chunks WHERE pack = ?", (pack,)).rowcount
             end = 0
         elif actual < committed:
@@ -515,13 +459,12 @@ class ChunkStore:
                 (RECORD.size, len(PACK_MAGIC), pack),
             ).fetchone()[0]
         else:
-            end, reindexed = self._scan_tail(pack, fd, max(committed, len(PACK_MAGIC)), actual)
+            end, reindexed = self._scan_tail(pack, max(committed, len(PACK_MAGIC)), actual)
         if end == 0:
-            self._drop_empty(pack)
+            self._drop_pack(pack)
             return dropped, reindexed, actual
         if end != actual:
-            os.ftruncate(fd, end)
-            os.fsync(fd)
+            self._packs.truncate(pack, end)
             log.warning("pack %d: %d bytes cut from a damaged tail", pack, actual - end)
         live, chunks = self._db.execute(
             "SELECT COALESCE(SUM(length), 0), COUNT(*) FROM chunks WHERE pack = ?", (pack,)
@@ -532,57 +475,23 @@ class ChunkStore:
         )
         return dropped, reindexed, actual - end
 
-    def _scan_tail(self, pack: int, fd: int, start: int, actual: int) -> tuple[int, int]:
+    def _scan_tail(self, pack: int, start: int, actual: int) -> tuple[int, int]:
         """Index the whole, valid records from `start`; (end of the last one, count)."""
-        offset, found = start, 0
-        while offset + RECORD.size <= actual:
-            magic, chunk_id, length, checksum = RECORD.unpack(os.pread(fd, RECORD.size, offset))
-            if magic != RECORD_MAGIC or offset + RECORD.size + length > actual:
-                break
-            blob = os.pread(fd, length, offset + RECORD.size)
-            if _checksum(chunk_id, blob) != checksum:
-                break
+        end, found = start, 0
+        for place in self._packs.scan(pack, start, actual):
             found += self._db.execute(
                 "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)",
-                (chunk_id, pack, offset, length, checksum),
+                (place.chunk_id, pack, place.offset, place.length, place.checksum),
             ).rowcount
-            offset += RECORD.size + length
-        return offset, found
-
-    def _drop_empty(self, pack: int) -> None:
-        """Remove a pack file too short to hold even its header."""
-        os.close(self._fds.pop(pack))
-        self._path(pack).unlink()
-        _fsync_dir(self._packs_dir)
-        self._db.execute("DELETE FROM packs WHERE pack = ?", (pack,))
+            end = place.offset + RECORD.size + place.length
+        return end, found
 
     def _open_active(self) -> None:
         row = self._db.execute("SELECT pack, size FROM packs ORDER BY pack DESC LIMIT 1").fetchone()
         if row is not None and row[1] < self.pack_limit:
-            self._active, self._end = row
-            self._fd(self._active, writable=True)
+            self._packs.activate(*row)
 
-    # -- files ---------------------------------------------------------------------------
-
-    def _path(self, pack: int) -> Path:
-        return self._packs_dir / f"{pack:08d}.pack"
-
-    def _pack_files(self) -> list[int]:
-        return [int(p.stem) for p in self._packs_dir.glob("*.pack") if p.stem.isdigit()]
-
-    def _fd(self, pack: int, *, writable: bool = False) -> int:
-        fd = self._fds.get(pack)
-        if fd is None:
-            fd = os.open(self._path(pack), os.O_RDWR if writable else os.O_RDONLY)
-            self._remember_fd(pack, fd)
-        self._fds.move_to_end(pack)
-        return fd
-
-    def _remember_fd(self, pack: int, fd: int) -> None:
-        self._fds[pack] = fd
-        while len(self._fds) > _OPEN_PACKS:
-            old = next(p for p in self._fds if p != self._active and p != pack)
-            os.close(self._fds.pop(old))
+    # -- process lock and errors -----------------------------------------------------------
 
     def _take_lock(self) -> None:
         fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -602,23 +511,3 @@ class ChunkStore:
             yield
         except (sqlite3.Error, OSError) as err:
             raise ChunkStoreError(str(self.folder), str(err)) from err
-
-
-def _write_all(fd: int, parts: list[bytes], offset: int) -> None:
-    buffers: list[bytes | memoryview] = list(parts)
-    while buffers:
-        written = os.pwritev(fd, buffers, offset)
-        offset += written
-        while buffers and written >= len(buffers[0]):
-            written -= len(buffers[0])
-            buffers.pop(0)
-        if buffers and written:
-            buffers[0] = memoryview(buffers[0])[written:]
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

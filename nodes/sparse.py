@@ -1,0 +1,60 @@
+"""Sparse-file primitives: punch holes, write zeros, and map holes and data."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+from nodes.blockdev import STATE_HOLE, STATE_ZERO, Extent
+
+_FALLOC_PUNCH = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+
+
+def zero_range(fd: int, offset: int, length: int, chunk: int) -> None:
+    """Punch holes over whole chunks, write zeros over the partial ends."""
+    end = offset + length
+    start_full = -(-offset // chunk) * chunk
+    end_full = end // chunk * chunk
+    if start_full < end_full:
+        if not _punch(fd, start_full, end_full - start_full):
+            _write_zeros(fd, start_full, end_full - start_full)
+        _write_zeros(fd, offset, start_full - offset)
+        _write_zeros(fd, end_full, end - end_full)
+    else:
+        _write_zeros(fd, offset, length)
+
+
+def _write_zeros(fd: int, offset: int, length: int) -> None:
+    step = 1 << 20
+    while length > 0:
+        n = min(step, length)
+        os.pwrite(fd, bytes(n), offset)
+        offset, length = offset + n, length - n
+
+
+def _punch(fd: int, offset: int, length: int) -> bool:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    result = libc.fallocate(fd, _FALLOC_PUNCH, ctypes.c_longlong(offset), ctypes.c_longlong(length))
+    return bool(result == 0)
+
+
+def extents(fd: int, offset: int, length: int) -> list[Extent]:
+    """Holes and data of a sparse file, via SEEK_DATA/SEEK_HOLE."""
+    end = offset + length
+    out: list[Extent] = []
+    position = offset
+    while position < end:
+        try:
+            data = os.lseek(fd, position, os.SEEK_DATA)
+        except OSError:
+            data = end
+        if data > position:
+            hole_end = min(data, end)
+            out.append(Extent(hole_end - position, STATE_HOLE | STATE_ZERO))
+            position = hole_end
+            continue
+        hole = min(os.lseek(fd, position, os.SEEK_HOLE), end)
+        out.append(Extent(hole - position, 0))
+        position = hole
+    return out

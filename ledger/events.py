@@ -97,8 +97,121 @@ class DiskPlaced(Event):
         return vm_stream(self.vm)
 
 
+@dataclass(frozen=True)
+class SnapshotRequested(Event):
+    """A snapshot of some of a VM's disks was asked for (its parent: the VM's last one)."""
+
+    snapshot: str
+    vm: str
+    disks: tuple[str, ...]
+    parent: str | None
+
+    @property
+    def stream(self) -> str:
+        """A snapshot's facts live on its VM's stream."""
+        return vm_stream(self.vm)
+
+
+@dataclass(frozen=True)
+class InitialSnapshotTaken(Event):
+    """Every disk was frozen on its business node (the seed's initial snapshot)."""
+
+    snapshot: str
+    vm: str
+    generations: tuple[int, ...]
+
+    @property
+    def stream(self) -> str:
+        """A snapshot's facts live on its VM's stream."""
+        return vm_stream(self.vm)
+
+
+@dataclass(frozen=True)
+class SnapshotDisk:
+    """One disk of a committed snapshot: its manifest, root and what processing it cost."""
+
+    resource_id: str
+    manifest: str
+    root: str
+    size: int
+    chunk_size: int
+    chunks: int
+    changed_chunks: int
+    new_chunks: int
+    bytes_read: int
+    bytes_stored: int
+    incremental: bool
+
+
+@dataclass(frozen=True)
+class TargetProcessed(Event):
+    """The transfer node turned the initial snapshot into chunks and manifests on R nodes."""
+
+    snapshot: str
+    vm: str
+    node: str
+    disks: tuple[SnapshotDisk, ...]
+
+    @property
+    def stream(self) -> str:
+        """A snapshot's facts live on its VM's stream."""
+        return vm_stream(self.vm)
+
+
+@dataclass(frozen=True)
+class SnapshotCommitted(Event):
+    """The snapshot's Merkle root is on chain: the target snapshot is complete."""
+
+    snapshot: str
+    vm: str
+    root: str
+
+    @property
+    def stream(self) -> str:
+        """A snapshot's facts live on its VM's stream."""
+        return vm_stream(self.vm)
+
+
+@dataclass(frozen=True)
+class InitialSnapshotReleased(Event):
+    """The business node released the frozen views; dirty tracking counts from them."""
+
+    snapshot: str
+    vm: str
+
+    @property
+    def stream(self) -> str:
+        """A snapshot's facts live on its VM's stream."""
+        return vm_stream(self.vm)
+
+
+@dataclass(frozen=True)
+class SnapshotFailed(Event):
+    """A snapshot was abandoned and undone; its reason says why."""
+
+    snapshot: str
+    vm: str
+    reason: str
+
+    @property
+    def stream(self) -> str:
+        """A snapshot's facts live on its VM's stream."""
+        return vm_stream(self.vm)
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.__name__: cls for cls in (LedgerOpened, VmRegistered, DiskPlaced)
+    cls.__name__: cls
+    for cls in (
+        LedgerOpened,
+        VmRegistered,
+        DiskPlaced,
+        SnapshotRequested,
+        InitialSnapshotTaken,
+        TargetProcessed,
+        SnapshotCommitted,
+        InitialSnapshotReleased,
+        SnapshotFailed,
+    )
 }
 
 E = TypeVar("E")

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
-    BigInteger,
-    ForeignKey,
-    Integer,
-    String,
     create_engine,
     delete,
     select,
@@ -19,78 +14,23 @@ from sqlalchemy import (
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 from ledger import events
 from ledger.contract import LedgerRecord
 from ledger.errors import LedgerCorrupted, LedgerError
-
-
-class Base(DeclarativeBase):
-    """Declarative base of the projection tables."""
-
-
-class EventRow(Base):
-    """Every ledger event, in sequence order."""
-
-    __tablename__ = "events"
-    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    stream: Mapped[str] = mapped_column(String(200), index=True)
-    version: Mapped[int] = mapped_column(BigInteger)
-    type: Mapped[str] = mapped_column(String(64))
-    fields: Mapped[dict[str, Any]] = mapped_column(JSON)
-    at_ms: Mapped[int] = mapped_column(BigInteger)
-    subject: Mapped[str] = mapped_column(String(66))
-    root: Mapped[str] = mapped_column(String(66))
-    status: Mapped[int] = mapped_column(Integer)
-    head: Mapped[str] = mapped_column(String(66))
-    sender: Mapped[str] = mapped_column(String(42))
-    block_number: Mapped[int] = mapped_column(BigInteger)
-    tx_hash: Mapped[str] = mapped_column(String(66))
-
-
-class StreamRow(Base):
-    """The version of every stream (the count of its events)."""
-
-    __tablename__ = "streams"
-    stream: Mapped[str] = mapped_column(String(200), primary_key=True)
-    version: Mapped[int] = mapped_column(BigInteger)
-
-
-class VmRow(Base):
-    """A registered VM."""
-
-    __tablename__ = "vms"
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    vm_type: Mapped[str] = mapped_column(String(32))
-    ip: Mapped[str] = mapped_column(String(64))
-    registered_at_ms: Mapped[int] = mapped_column(BigInteger)
-    registered_seq: Mapped[int] = mapped_column(BigInteger)
-
-
-class DiskRow(Base):
-    """A VM's disk."""
-
-    __tablename__ = "disks"
-    vm: Mapped[str] = mapped_column(ForeignKey("vms.name"), primary_key=True)
-    resource_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    role: Mapped[str] = mapped_column(String(16))
-    size: Mapped[int] = mapped_column(BigInteger)
-    node: Mapped[str | None] = mapped_column(String(64), default=None)
-    chunk_size: Mapped[int | None] = mapped_column(Integer, default=None)
-
-
-class CheckpointRow(Base):
-    """The last applied event: its sequence number, chain head and block."""
-
-    __tablename__ = "checkpoint"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    seq: Mapped[int] = mapped_column(BigInteger)
-    head: Mapped[str] = mapped_column(String(66))
-    block_number: Mapped[int] = mapped_column(BigInteger)
-
-
-TABLES: tuple[type[Base], ...] = (EventRow, StreamRow, VmRow, DiskRow, CheckpointRow)
+from ledger.tables import (
+    TABLES,
+    Base,
+    CheckpointRow,
+    DiskRow,
+    EventRow,
+    SnapshotDiskRow,
+    SnapshotRow,
+    StreamRow,
+    VmRow,
+    columns,
+)
 
 
 class Projection:
@@ -162,6 +102,22 @@ class Projection:
             row = session.get(VmRow, name)
             return _vm_dict(session, row) if row else None
 
+    def snapshots(self, vm: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        """Snapshots oldest first, optionally of one VM or in one status."""
+        with Session(self._engine) as session:
+            query = select(SnapshotRow).order_by(SnapshotRow.requested_seq)
+            if vm is not None:
+                query = query.where(SnapshotRow.vm == vm)
+            if status is not None:
+                query = query.where(SnapshotRow.status == status)
+            return [_snapshot_dict(session, row) for row in session.execute(query).scalars()]
+
+    def find_snapshots(self, prefix: str) -> list[dict[str, Any]]:
+        """Snapshots whose id starts with `prefix`."""
+        with Session(self._engine) as session:
+            query = select(SnapshotRow).where(SnapshotRow.id.startswith(prefix, autoescape=True))
+            return [_snapshot_dict(session, row) for row in session.execute(query).scalars()]
+
     def events(self, stream: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Events in sequence order, optionally of one stream, the last `limit` of them."""
         with Session(self._engine) as session:
@@ -221,26 +177,87 @@ def _fold(session: Session, record: LedgerRecord, event: events.Event) -> None:
         )
     )
     session.merge(StreamRow(stream=stream, version=record.version))
-    if isinstance(event, events.VmRegistered):
-        session.execute(delete(DiskRow).where(DiskRow.vm == event.vm))
-        session.merge(
-            VmRow(
-                name=event.vm,
-                vm_type=event.vm_type,
-                ip=event.ip,
-                registered_at_ms=event.at_ms,
-                registered_seq=record.seq,
+    fold = _FOLDS.get(type(event))
+    if fold is not None:
+        fold(session, record, event)
+
+
+def _vm_registered(session: Session, record: LedgerRecord, event: Any) -> None:
+    session.execute(delete(DiskRow).where(DiskRow.vm == event.vm))
+    session.merge(
+        VmRow(
+            name=event.vm,
+            vm_type=event.vm_type,
+            ip=event.ip,
+            registered_at_ms=event.at_ms,
+            registered_seq=record.seq,
+        )
+    )
+    session.flush()
+    session.add_all(
+        DiskRow(vm=event.vm, resource_id=d.resource_id, role=d.role, size=d.size)
+        for d in event.disks
+    )
+
+
+def _disk_placed(session: Session, record: LedgerRecord, event: Any) -> None:
+    disk = session.get(DiskRow, (event.vm, event.resource_id))
+    if disk is not None:
+        disk.node, disk.chunk_size = event.node, event.chunk_size
+
+
+def _snapshot_requested(session: Session, record: LedgerRecord, event: Any) -> None:
+    if session.get(SnapshotRow, event.snapshot) is None:
+        session.add(
+            SnapshotRow(
+                id=event.snapshot,
+                vm=event.vm,
+                status="pending",
+                parent=event.parent,
+                disks=list(event.disks),
+                requested_at_ms=event.at_ms,
+                requested_seq=record.seq,
+                frozen=False,
+                released=False,
             )
         )
-        session.flush()
-        session.add_all(
-            DiskRow(vm=event.vm, resource_id=d.resource_id, role=d.role, size=d.size)
-            for d in event.disks
-        )
-    elif isinstance(event, events.DiskPlaced):
-        disk = session.get(DiskRow, (event.vm, event.resource_id))
-        if disk is not None:
-            disk.node, disk.chunk_size = event.node, event.chunk_size
+
+
+def _snapshot_update(**changes: Any) -> Callable[[Session, LedgerRecord, Any], None]:
+    def fold(session: Session, record: LedgerRecord, event: Any) -> None:
+        row = session.get(SnapshotRow, event.snapshot)
+        if row is None:
+            return
+        for key, value in changes.items():
+            setattr(row, key, value(record, event) if callable(value) else value)
+
+    return fold
+
+
+def _target_processed(session: Session, record: LedgerRecord, event: Any) -> None:
+    if session.get(SnapshotRow, event.snapshot) is None:
+        return
+    session.execute(delete(SnapshotDiskRow).where(SnapshotDiskRow.snapshot == event.snapshot))
+    session.add_all(
+        SnapshotDiskRow(snapshot=event.snapshot, **events.as_dict(d)) for d in event.disks
+    )
+
+
+_FOLDS: dict[type[events.Event], Callable[[Session, LedgerRecord, Any], None]] = {
+    events.VmRegistered: _vm_registered,
+    events.DiskPlaced: _disk_placed,
+    events.SnapshotRequested: _snapshot_requested,
+    events.InitialSnapshotTaken: _snapshot_update(frozen=True),
+    events.TargetProcessed: _target_processed,
+    events.SnapshotCommitted: _snapshot_update(
+        status="committed",
+        root=lambda r, e: e.root,
+        committed_at_ms=lambda r, e: e.at_ms,
+        committed_seq=lambda r, e: r.seq,
+    ),
+    events.InitialSnapshotReleased: _snapshot_update(released=True),
+    events.SnapshotFailed: _snapshot_update(status="failed", reason=lambda r, e: e.reason),
+}
 
 
 def _vm_dict(session: Session, row: VmRow) -> dict[str, Any]:
@@ -264,6 +281,17 @@ def _vm_dict(session: Session, row: VmRow) -> dict[str, Any]:
             for d in disks
         ],
     }
+
+
+def _snapshot_dict(session: Session, row: SnapshotRow) -> dict[str, Any]:
+    disks = session.execute(
+        select(SnapshotDiskRow)
+        .where(SnapshotDiskRow.snapshot == row.id)
+        .order_by(SnapshotDiskRow.resource_id)
+    ).scalars()
+    shown: dict[str, Any] = columns(row)
+    shown["disk_details"] = [columns(d) for d in disks]
+    return shown
 
 
 def _event_dict(row: EventRow) -> dict[str, Any]:

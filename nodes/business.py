@@ -199,6 +199,7 @@ class Business:
             "chunk_size": volume.chunk_size,
             "size": volume.size,
             "base_generation": volume.base_generation,
+            "base_view": volume.base_view,
         }
 
     async def release(self, args: dict[str, Any]) -> dict[str, Any]:

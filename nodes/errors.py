@@ -14,7 +14,8 @@
         ├── VolumeError            a bad range or an unknown view on a volume
         ├── ChunkMissing           the chunk store holds no copy of a chunk
         ├── ChunkCorrupted         a stored copy fails its checksum or id check
-        └── ChunkStoreError        the chunk store's files or index cannot be used
+        ├── ChunkStoreError        the chunk store's files or index cannot be used
+        └── ManifestCorrupted      a stored manifest is malformed
 """
 
 from __future__ import annotations
@@ -106,3 +107,7 @@ class NbdProtocolError(ProtocolError):
     def __init__(self, problem: str) -> None:
         super().__init__(f"NBD protocol violation: {problem}")
         self.problem = problem
+
+
+class ManifestCorrupted(NodeError):
+    """A stored manifest is malformed or does not match its root."""

@@ -17,7 +17,7 @@ DEFAULT_CHUNK = 64 * 1024
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS volume (
     id INTEGER PRIMARY KEY CHECK (id = 1), size INTEGER NOT NULL, chunk_size INTEGER NOT NULL,
-    generation INTEGER NOT NULL, base_generation INTEGER NOT NULL);
+    generation INTEGER NOT NULL, base_generation INTEGER NOT NULL, base_view TEXT);
 CREATE TABLE IF NOT EXISTS chunks (idx INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_gen ON chunks (gen);
 CREATE TABLE IF NOT EXISTS views (name TEXT PRIMARY KEY, gen INTEGER NOT NULL);
@@ -64,9 +64,10 @@ class Volume:
     def __init__(self, folder: Path, db: sqlite3.Connection) -> None:
         self.folder = folder
         self._db = db
-        size, chunk, gen, base = db.execute(
-            "SELECT size, chunk_size, generation, base_generation FROM volume"
+        size, chunk, gen, base, base_view = db.execute(
+            "SELECT size, chunk_size, generation, base_generation, base_view FROM volume"
         ).fetchone()
+        self.base_view: str | None = base_view
         self._size, self.chunk_size = int(size), int(chunk)
         self._gen, self._base = int(gen), int(base)
         self.chunks = -(-self._size // self.chunk_size)
@@ -90,7 +91,7 @@ class Volume:
             data.truncate(size)
         db = _connect(folder)
         with db:
-            db.execute("INSERT INTO volume VALUES (1, ?, ?, 1, 0)", (size, chunk_size))
+            db.execute("INSERT INTO volume VALUES (1, ?, ?, 1, 0, NULL)", (size, chunk_size))
         return cls(folder, db)
 
     @classmethod
@@ -221,8 +222,11 @@ class Volume:
             if gen is None:
                 raise VolumeError(f"no view {name!r} on this volume")
             with self._db:
-                self._db.execute("UPDATE volume SET base_generation = ?", (gen,))
+                self._db.execute(
+                "UPDATE volume SET base_generation = ?, base_view = ?", (gen, name)
+            )
             self._base = gen
+            self.base_view = name
 
     def changed_chunks(self, name: str, since: int | None = None) -> list[int]:
         """Chunks of view `name` written after generation `since` (default: the base)."""

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from typing import Any, get_type_hints
 
@@ -32,6 +33,42 @@ SAMPLES: dict[type[events.Event], events.Event] = {
     ),
     events.DiskPlaced: events.DiskPlaced(
         at_ms=1_767_225_602_000, vm="web-1", resource_id="root", node="business-1", chunk_size=65536
+    ),
+    events.SnapshotRequested: events.SnapshotRequested(
+        at_ms=1_767_225_603_000, snapshot="ab" * 32, vm="web-1", disks=("root",), parent=None
+    ),
+    events.InitialSnapshotTaken: events.InitialSnapshotTaken(
+        at_ms=1_767_225_603_100, snapshot="ab" * 32, vm="web-1", generations=(3,)
+    ),
+    events.TargetProcessed: events.TargetProcessed(
+        at_ms=1_767_225_604_000,
+        snapshot="ab" * 32,
+        vm="web-1",
+        node="transfer-1",
+        disks=(
+            events.SnapshotDisk(
+                resource_id="root",
+                manifest="cd" * 32,
+                root="ef" * 32,
+                size=1 << 30,
+                chunk_size=65536,
+                chunks=100,
+                changed_chunks=100,
+                new_chunks=90,
+                bytes_read=100 * 65536,
+                bytes_stored=2_000_000,
+                incremental=False,
+            ),
+        ),
+    ),
+    events.SnapshotCommitted: events.SnapshotCommitted(
+        at_ms=1_767_225_604_100, snapshot="ab" * 32, vm="web-1", root="01" * 32
+    ),
+    events.InitialSnapshotReleased: events.InitialSnapshotReleased(
+        at_ms=1_767_225_604_200, snapshot="ab" * 32, vm="web-1"
+    ),
+    events.SnapshotFailed: events.SnapshotFailed(
+        at_ms=1_767_225_604_300, snapshot="ab" * 32, vm="web-1", reason="business-1 unreachable"
     ),
 }
 
@@ -249,10 +286,17 @@ def assert_exact_types(value: object) -> None:
     hints = get_type_hints(type(value))
     for field in dataclasses.fields(value):  # type: ignore[arg-type]
         held, hint = getattr(value, field.name), hints[field.name]
-        if typing.get_origin(hint) is tuple:
+        origin = typing.get_origin(hint)
+        if origin is tuple:
             assert type(held) is tuple, field.name
+            (item_hint, _ellipsis) = typing.get_args(hint)
             for item in held:
-                assert_exact_types(item)
+                if dataclasses.is_dataclass(item):
+                    assert_exact_types(item)
+                else:
+                    assert type(item) is item_hint, (field.name, item)
+        elif origin in (typing.Union, types.UnionType):
+            assert type(held) in typing.get_args(hint), (field.name, held)
         else:
             assert type(held) is hint, (field.name, held)
 

@@ -47,7 +47,15 @@ def test_empty_projection_has_no_rows_and_a_zero_checkpoint(projection: Projecti
     assert projection.vms() == []
     assert projection.events() == []
     assert projection.stream_version("vm/web") == 0
-    assert set(projection.dump()) == {"events", "streams", "vms", "disks", "checkpoint"}
+    assert set(projection.dump()) == {
+        "events",
+        "streams",
+        "vms",
+        "disks",
+        "checkpoint",
+        "snapshots",
+        "snapshot_disks",
+    }
     assert all(rows == [] for rows in projection.dump().values())
 
 

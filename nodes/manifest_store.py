@@ -1,0 +1,54 @@
+"""Manifests kept on the backup cluster as ordinary chunks, found by one id."""
+
+from __future__ import annotations
+
+import cbor2
+
+from nodes.chunks import ChunkCodec
+from nodes.errors import ManifestCorrupted
+from nodes.manifest import Manifest
+from nodes.replication import BackupCluster
+
+PIECE = 4 * 1024 * 1024
+
+
+async def put_blobs(cluster: BackupCluster, codec: ChunkCodec, plain: list[bytes]) -> list[bytes]:
+    """Store plaintext blobs as chunks on R nodes; return their ids."""
+    ids = [codec.chunk_id(p) for p in plain]
+    lacking = await cluster.missing(list(dict.fromkeys(ids)))
+    stored = {cid: codec.encode(p, cid) for cid, p in zip(ids, plain, strict=True) if cid in lacking}
+    await cluster.put(stored, {cid: lacking[cid] for cid in stored})
+    return ids
+
+
+async def store_manifest(cluster: BackupCluster, codec: ChunkCodec, manifest: Manifest) -> bytes:
+    """Store a manifest; return the id of its index chunk.
+
+    The encoded manifest is cut into 4 MiB pieces, each stored as a chunk; the
+    index chunk is canonical CBOR ``{"manifest": [piece ids], "length": bytes}``.
+    """
+    blob = manifest.encode()
+    pieces = [blob[i : i + PIECE] for i in range(0, len(blob), PIECE)] or [b""]
+    piece_ids = await put_blobs(cluster, codec, pieces)
+    index = cbor2.dumps({"manifest": piece_ids, "length": len(blob)}, canonical=True)
+    (index_id,) = await put_blobs(cluster, codec, [index])
+    return index_id
+
+
+async def manifest_pieces(cluster: BackupCluster, codec: ChunkCodec, manifest_id: bytes) -> list[bytes]:
+    """The piece ids a manifest index names."""
+    found = await cluster.get([manifest_id])
+    try:
+        index = cbor2.loads(codec.decode(manifest_id, found[manifest_id]))
+        pieces = [bytes(p) for p in index["manifest"]]
+    except (cbor2.CBORDecodeError, KeyError, TypeError) as err:
+        raise ManifestCorrupted(f"manifest index {manifest_id.hex()} is unreadable") from err
+    return pieces
+
+
+async def load_manifest(cluster: BackupCluster, codec: ChunkCodec, manifest_id: bytes) -> Manifest:
+    """Fetch, check and decode a manifest by its index id."""
+    pieces = await manifest_pieces(cluster, codec, manifest_id)
+    found = await cluster.get(pieces)
+    blob = b"".join(codec.decode(p, found[p]) for p in pieces)
+    return Manifest.decode(blob)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import (
@@ -24,6 +24,17 @@ app = typer.Typer(no_args_is_help=True, help="VM disks: NBD URLs, import and exp
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 VmArg = Annotated[str, typer.Argument(help="The VM's name.")]
 DiskArg = Annotated[str, typer.Argument(help="The disk's resource id.")]
+
+
+def _snapshot_disk(snap: dict[str, Any], vm: str, resource_id: str) -> dict[str, Any]:
+    if snap["vm"] != vm:
+        raise InputError(f"snapshot {snap['id'][:12]} is of VM {snap['vm']!r}, not {vm!r}")
+    if snap["status"] != "committed":
+        raise InputError(f"snapshot {snap['id'][:12]} is {snap['status']}, not committed")
+    for disk in snap["disk_details"]:
+        if disk["resource_id"] == resource_id:
+            return dict(disk)
+    raise InputError(f"snapshot {snap['id'][:12]} does not include disk {resource_id!r}")
 
 
 def _bar() -> Progress:
@@ -88,20 +99,29 @@ def export_image(
     resource_id: DiskArg,
     target: Annotated[Path, typer.Argument(help="The raw image file to write.")],
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    snapshot: Annotated[
+        str | None,
+        typer.Option("--snapshot", help="Export this snapshot instead of the live disk."),
+    ] = None,
     json: JsonOption = False,
 ) -> None:
-    """Write the live disk as a sparse raw image."""
+    """Write the live disk, or one of its snapshots, as a sparse raw image."""
     if target.exists() and not force:
         raise InputError(f"{target} exists: pass --force to overwrite it")
     if not target.parent.is_dir():
         raise InputError(f"no such folder: {target.parent}")
     config = state(ctx).config()
-    disk = ControllerApi(config).locate_disk(vm, resource_id)
+    api = ControllerApi(config)
+    if snapshot is not None:
+        snap = api.snapshot(snapshot)
+        disk = _snapshot_disk(snap, vm, resource_id)
+        export = disk_io.export_snapshot
+    else:
+        disk = api.locate_disk(vm, resource_id)
+        export = disk_io.export_raw
     with _bar() as bar:
         task = bar.add_task(f"export {vm}/{resource_id}", total=disk["size"])
-        result = disk_io.run(
-            disk_io.export_raw(config, disk, target, lambda n: bar.advance(task, n))
-        )
+        result = disk_io.run(export(config, disk, target, lambda n: bar.advance(task, n)))
     if json:
         emit_json(result)
         return

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ledger.events import Disk
-from nodes.client import call_sync
+from nodes.client import NodeClient, call_sync
 from nodes.config import Config
 from nodes.network import controller
+
+SNAPSHOT_TIMEOUT = 6 * 3600.0
+POLL = 0.25
 
 
 class ControllerApi:
@@ -41,6 +45,56 @@ class ControllerApi:
     def locate_disk(self, vm: str, resource_id: str) -> dict[str, Any]:
         """Where a disk is served (placing it first if needed)."""
         return self._call("disk.locate", {"vm": vm, "resource_id": resource_id})
+
+    def create_snapshot(
+        self, vm: str, disks: Sequence[str], progress: Callable[[int, int | None], None]
+    ) -> dict[str, Any]:
+        """Run a snapshot, reporting (bytes done, bytes expected) while it runs."""
+        return dict(asyncio.run(self._snapshot_with_progress(vm, list(disks), progress)))
+
+    async def _snapshot_with_progress(
+        self, vm: str, disks: list[str], progress: Callable[[int, int | None], None]
+    ) -> dict[str, Any]:
+        run = controller(self.config)
+        secret = self.config.secret()
+        async with (
+            NodeClient(run.host, run.port, secret, peer=run.name, timeout=SNAPSHOT_TIMEOUT) as work,
+            NodeClient(run.host, run.port, secret, peer=run.name) as watch,
+        ):
+            task = asyncio.create_task(work.call("snapshot.create", {"vm": vm, "disks": disks}))
+            try:
+                while not task.done():
+                    await asyncio.wait({task}, timeout=POLL)
+                    if not task.done():
+                        state = await watch.call("snapshot.progress", {"vm": vm})
+                        progress(int(state["done"]), state["total"])
+            finally:
+                if not task.done():
+                    task.cancel()
+            reply = await task
+        return dict(reply["snapshot"])
+
+    def snapshots(self, vm: str | None = None) -> list[dict[str, Any]]:
+        """Snapshots, optionally of one VM."""
+        args = {} if vm is None else {"vm": vm}
+        return list(self._call("snapshot.list", args)["snapshots"])
+
+    def snapshot(self, ref: str) -> dict[str, Any]:
+        """One snapshot by id or unique prefix."""
+        return dict(self._call("snapshot.show", {"id": ref})["snapshot"])
+
+    def verify_snapshot(self, ref: str) -> dict[str, Any]:
+        """Audit one snapshot against the contract, its manifests and chunks."""
+        run = controller(self.config)
+        return call_sync(
+            run.host,
+            run.port,
+            self.config.secret(),
+            "snapshot.verify",
+            {"id": ref},
+            peer=run.name,
+            timeout=SNAPSHOT_TIMEOUT,
+        )
 
     def vms(self) -> list[dict[str, Any]]:
         """Every registered VM."""

@@ -200,6 +200,8 @@ class Business:
             "size": volume.size,
             "base_generation": volume.base_generation,
             "base_view": volume.base_view,
+            "changed": len(volume.changed_chunks(info.name)),
+            "written": len(volume.changed_chunks(info.name, since=0)),
         }
 
     async def release(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -14,11 +14,15 @@ from ledger.contract import Entry
 from ledger.errors import InputError, UnknownVm, VersionConflict, VmExists
 from ledger.service import Ledger
 from ledger.vm import disk, registration
+from nodes.chunks import ChunkCodec
 from nodes.config import Config
 from nodes.errors import NodeError
-from nodes.peers import Peers
+from nodes.peers import Peers, node_names
 from nodes.placement import Placement
+from nodes.replication import BackupCluster
 from nodes.request_args import maps, text
+from nodes.snapshot_audit import verify_snapshot
+from nodes.snapshots import Snapshots
 
 T = TypeVar("T")
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -39,6 +43,13 @@ class Controller:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
         self.peers = Peers(config, name)
         self.placement = Placement(config, ledger, self.peers, self._run)
+        self.snapshots = Snapshots(config, ledger, self.peers, self.placement, self._run)
+        self.cluster = BackupCluster(
+            self.peers, node_names(config, "backup"), config.topology.replicas
+        )
+        self.codec = ChunkCodec(config.data_key(), config.storage.compression_level)
+        self._recovered = False
+        self._recovery = asyncio.Lock()
 
     @classmethod
     async def open(cls, config: Config, name: str = "controller") -> Controller:
@@ -61,6 +72,11 @@ class Controller:
             "vm.list": self.list_vms,
             "vm.show": self.show_vm,
             "disk.locate": self.locate_disk,
+            "snapshot.create": self.create_snapshot,
+            "snapshot.list": self.list_snapshots,
+            "snapshot.progress": self.snapshot_progress,
+            "snapshot.show": self.show_snapshot,
+            "snapshot.verify": self.verify_snapshot,
             "ledger.log": self.ledger_log,
             "ledger.head": self.ledger_head,
             "ledger.verify": self.ledger_verify,
@@ -108,6 +124,45 @@ class Controller:
     async def locate_disk(self, args: dict[str, Any]) -> dict[str, Any]:
         """Where a VM disk is served: node, RPC address, NBD URL, size."""
         return await self.placement.locate(text(args, "vm"), text(args, "resource_id"))
+
+    async def _recover(self) -> None:
+        async with self._recovery:
+            if not self._recovered:
+                await self.snapshots.recover()
+                self._recovered = True
+
+    async def create_snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Run the snapshot workflow for a VM; answer once it is committed and released."""
+        await self._recover()
+        disks = args.get("disks") or None
+        if disks is not None and not (
+            isinstance(disks, list) and all(isinstance(d, str) for d in disks)
+        ):
+            raise InputError("disks must be a list of resource ids")
+        return {"snapshot": await self.snapshots.create(text(args, "vm"), disks)}
+
+    async def snapshot_progress(self, args: dict[str, Any]) -> dict[str, Any]:
+        """How far the VM's in-flight snapshot is."""
+        return await self.snapshots.progress(text(args, "vm"))
+
+    async def list_snapshots(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Snapshots, optionally of one VM."""
+        vm = args.get("vm")
+        if vm is not None and await self._run(self.ledger.projection.vm, str(vm)) is None:
+            raise UnknownVm(str(vm))
+        found = await self._run(self.ledger.projection.snapshots, vm)
+        return {"snapshots": found}
+
+    async def show_snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
+        """One snapshot by id or unique id prefix."""
+        return {"snapshot": await self.snapshots.resolve(text(args, "id"))}
+
+    async def verify_snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Check a snapshot from the root on chain down to every chunk."""
+        snap = await self.snapshots.resolve(text(args, "id"))
+        record = await self._run(self.ledger.contract.snapshot, bytes.fromhex(snap["id"]))
+        audit = await verify_snapshot(snap, record, self.cluster, self.codec)
+        return audit.plain()
 
     async def list_vms(self, args: dict[str, Any]) -> dict[str, Any]:
         """Every registered VM."""

@@ -172,3 +172,40 @@ def _client(config: Config, disk: dict[str, Any]) -> NodeClient:
 def run(coroutine: Any) -> Any:
     """Run one coroutine to completion (the CLI is synchronous)."""
     return asyncio.run(coroutine)
+
+
+async def export_snapshot(
+    config: Config, disk: dict[str, Any], out: Path, progress: Progress
+) -> dict[str, int]:
+    """Write one disk of a snapshot, fetched from the backup cluster, as a sparse raw file."""
+    from nodes.chunks import ChunkCodec
+    from nodes.manifest_store import load_manifest
+    from nodes.peers import Peers, node_names
+    from nodes.replication import BackupCluster
+
+    peers = Peers(config, "cli")
+    codec = ChunkCodec(config.data_key(), config.storage.compression_level)
+    cluster = BackupCluster(peers, node_names(config, "backup"), config.topology.replicas)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    copied = 0
+    try:
+        with os.fdopen(fd, "r+b") as sink:
+            manifest = await load_manifest(cluster, codec, bytes.fromhex(disk["manifest"]))
+            entries = list(manifest.entries)
+            for start in range(0, len(entries), 64):
+                batch = entries[start : start + 64]
+                found = await cluster.get([cid for _idx, cid in batch])
+                for idx, cid in batch:
+                    data = codec.decode(cid, found[cid])
+                    os.pwrite(sink.fileno(), data, idx * manifest.chunk_size)
+                    copied += len(data)
+                    progress(len(data))
+            sink.truncate(manifest.size)
+            os.fsync(sink.fileno())
+        Path(tmp).replace(out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        await peers.close()
+    return {"bytes_copied": copied, "size": manifest.size}

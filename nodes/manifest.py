@@ -45,9 +45,13 @@ class Manifest:
 
     def _fields(self) -> dict[str, Any]:
         return {
-            "format": FORMAT, "snapshot": self.snapshot, "vm": self.vm,
-            "resource_id": self.resource_id, "size": self.size,
-            "chunk_size": self.chunk_size, "parent": self.parent,
+            "format": FORMAT,
+            "snapshot": self.snapshot,
+            "vm": self.vm,
+            "resource_id": self.resource_id,
+            "size": self.size,
+            "chunk_size": self.chunk_size,
+            "parent": self.parent,
         }
 
     def root(self) -> bytes:
@@ -68,14 +72,18 @@ class Manifest:
         try:
             body = cbor2.loads(blob)
             manifest = cls(
-                snapshot=body["snapshot"], vm=body["vm"], resource_id=body["resource_id"],
-                size=body["size"], chunk_size=body["chunk_size"], parent=body["parent"],
+                snapshot=body["snapshot"],
+                vm=body["vm"],
+                resource_id=body["resource_id"],
+                size=body["size"],
+                chunk_size=body["chunk_size"],
+                parent=body["parent"],
                 entries=tuple((int(i), bytes(c)) for i, c in body["entries"]),
             )
-            if body["format"] != FORMAT or set(body) != {*manifest._fields(), "entries"}:
-                raise ValueError("unknown format or fields")
         except (cbor2.CBORDecodeError, KeyError, TypeError, ValueError) as err:
             raise ManifestCorrupted(f"undecodable manifest: {err}") from err
+        if body.get("format") != FORMAT or set(body) != {*manifest._fields(), "entries"}:
+            raise ManifestCorrupted("unknown manifest format or fields")
         manifest.check()
         return manifest
 
@@ -96,8 +104,9 @@ class Manifest:
                 merged.pop(index, None)
             else:
                 merged[index] = chunk_id
-        return replace(self, snapshot=snapshot, parent=self.snapshot,
-                       entries=tuple(sorted(merged.items())))
+        return replace(
+            self, snapshot=snapshot, parent=self.snapshot, entries=tuple(sorted(merged.items()))
+        )
 
     def chunk_ids(self) -> set[bytes]:
         """Every chunk the manifest references."""

@@ -16,7 +16,9 @@ async def put_blobs(cluster: BackupCluster, codec: ChunkCodec, plain: list[bytes
     """Store plaintext blobs as chunks on R nodes; return their ids."""
     ids = [codec.chunk_id(p) for p in plain]
     lacking = await cluster.missing(list(dict.fromkeys(ids)))
-    stored = {cid: codec.encode(p, cid) for cid, p in zip(ids, plain, strict=True) if cid in lacking}
+    stored = {
+        cid: codec.encode(p, cid) for cid, p in zip(ids, plain, strict=True) if cid in lacking
+    }
     await cluster.put(stored, {cid: lacking[cid] for cid in stored})
     return ids
 
@@ -35,7 +37,9 @@ async def store_manifest(cluster: BackupCluster, codec: ChunkCodec, manifest: Ma
     return index_id
 
 
-async def manifest_pieces(cluster: BackupCluster, codec: ChunkCodec, manifest_id: bytes) -> list[bytes]:
+async def manifest_pieces(
+    cluster: BackupCluster, codec: ChunkCodec, manifest_id: bytes
+) -> list[bytes]:
     """The piece ids a manifest index names."""
     found = await cluster.get([manifest_id])
     try:

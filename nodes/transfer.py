@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 from nodes.chunks import ChunkCodec, is_zero
 from nodes.config import Config
+from nodes.manifest import Manifest
+from nodes.manifest_store import load_manifest, store_manifest
 from nodes.peers import Peers, node_names
 from nodes.replication import BackupCluster
 from nodes.request_args import integer, text
@@ -66,6 +68,7 @@ class Pipeline:
         self.cluster = cluster
         self.codec = codec
         self._cpu = ThreadPoolExecutor(max_workers=2, thread_name_prefix="codec")
+        self.progress: dict[str, int] = {}
 
     def close(self) -> None:
         """Stop the worker threads."""
@@ -76,9 +79,13 @@ class Pipeline:
         started = time.monotonic()
         stats = TransferStats()
         queue: asyncio.Queue[list[tuple[int, bytes]] | None] = asyncio.Queue(IN_FLIGHT)
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._read(source, since, queue))
-            group.create_task(self._store(queue, stats))
+        self.progress[source.view] = 0
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._read(source, since, queue))
+                group.create_task(self._store(queue, stats, source.view))
+        finally:
+            self.progress.pop(source.view, None)
         stats.seconds = time.monotonic() - started
         return stats
 
@@ -107,7 +114,7 @@ class Pipeline:
         await queue.put(None)
 
     async def _store(
-        self, queue: asyncio.Queue[list[tuple[int, bytes]] | None], stats: TransferStats
+        self, queue: asyncio.Queue[list[tuple[int, bytes]] | None], stats: TransferStats, view: str
     ) -> None:
         while (batch := await queue.get()) is not None:
             keyed = await self._parallel(self._key, batch)
@@ -123,6 +130,7 @@ class Pipeline:
             stats.deduplicated += len(present) - len(stored)
             stats.bytes_stored += sum(len(b) for b in stored.values())
             stats.copies_written += await self.cluster.put(stored, lacking)
+            self.progress[view] = stats.bytes_read
 
     def _key(self, batch: list[tuple[int, bytes]]) -> list[tuple[int, bytes | None, bytes]]:
         return [
@@ -152,6 +160,8 @@ class Transfer:
         self.peers = Peers(config, name)
         cluster = BackupCluster(self.peers, node_names(config, "backup"), config.topology.replicas)
         codec = ChunkCodec(config.data_key(), config.storage.compression_level)
+        self.cluster = cluster
+        self.codec = codec
         self.pipeline = Pipeline(self.peers, cluster, codec)
         self.processed = 0
 
@@ -167,7 +177,13 @@ class Transfer:
 
     def handlers(self) -> dict[str, Handler]:
         """The operations this node serves."""
-        return {"node.status": self.status, "transfer.process": self.process}
+        return {
+            "node.status": self.status,
+            "transfer.process": self.process,
+            "transfer.snapshot": self.snapshot,
+            "manifest.get": self.get_manifest,
+            "transfer.progress": self.report_progress,
+        }
 
     async def status(self, args: dict[str, Any]) -> dict[str, Any]:
         """Role and how many views it processed."""
@@ -189,3 +205,55 @@ class Transfer:
         result = asdict(stats)
         result["chunk_map"] = [[idx, cid] for idx, cid in sorted(stats.chunk_map.items())]
         return result
+
+    async def snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Turn a frozen view into a target snapshot: chunks, then a manifest, on R nodes.
+
+        With a parent manifest only the chunks changed since the volume's base
+        are processed and merged into the parent's map; without, every written
+        chunk is (a full snapshot).
+        """
+        source = Source(
+            text(args, "node"), text(args, "vm"), text(args, "resource_id"), text(args, "view")
+        )
+        size, chunk_size = integer(args, "size"), integer(args, "chunk_size")
+        parent_id = args.get("parent_manifest")
+        parent = None
+        if isinstance(parent_id, bytes):
+            parent = await load_manifest(self.cluster, self.codec, parent_id)
+            if (parent.size, parent.chunk_size) != (size, chunk_size):
+                parent = None
+        stats = await self.pipeline.run(source, None if parent else 0)
+        snapshot = text(args, "snapshot")
+        if parent is not None:
+            manifest = parent.changed(snapshot, stats.chunk_map)
+        else:
+            entries = tuple(sorted((i, c) for i, c in stats.chunk_map.items() if c is not None))
+            manifest = Manifest(
+                snapshot, source.vm, source.resource_id, size, chunk_size, None, entries
+            )
+        manifest_id = await store_manifest(self.cluster, self.codec, manifest)
+        self.processed += 1
+        return {
+            "resource_id": source.resource_id,
+            "manifest": manifest_id.hex(),
+            "root": manifest.root().hex(),
+            "size": size,
+            "chunk_size": chunk_size,
+            "chunks": len(manifest.entries),
+            "changed_chunks": stats.chunks_read,
+            "new_chunks": stats.new_chunks,
+            "bytes_read": stats.bytes_read,
+            "bytes_stored": stats.bytes_stored,
+            "incremental": parent is not None,
+        }
+
+    async def report_progress(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Bytes read so far for a view being processed (None when it is not)."""
+        return {"bytes_read": self.pipeline.progress.get(text(args, "view"))}
+
+    async def get_manifest(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A stored manifest, decoded (its chunks are not fetched)."""
+        manifest_id = bytes.fromhex(text(args, "manifest"))
+        manifest = await load_manifest(self.cluster, self.codec, manifest_id)
+        return {"manifest": manifest.encode(), "root": manifest.root().hex()}

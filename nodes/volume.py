@@ -223,8 +223,8 @@ class Volume:
                 raise VolumeError(f"no view {name!r} on this volume")
             with self._db:
                 self._db.execute(
-                "UPDATE volume SET base_generation = ?, base_view = ?", (gen, name)
-            )
+                    "UPDATE volume SET base_generation = ?, base_view = ?", (gen, name)
+                )
             self._base = gen
             self.base_view = name
 

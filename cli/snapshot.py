@@ -56,7 +56,7 @@ def create(
         TimeRemainingColumn(),
         console=err,
         transient=True,
-        disable=json,
+        disable=json or not err.is_terminal,
     ) as bar:
         task = bar.add_task(f"snapshot {vm}", total=None)
         snap = api.create_snapshot(

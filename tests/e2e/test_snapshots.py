@@ -1,0 +1,216 @@
+"""Snapshots on a real local network, with qemu-io as the VM writing through NBD."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cli.conftest import Deployment, make_deployment
+from tests.e2e.qemu import qemu_img, qemu_io, tool
+
+pytestmark = pytest.mark.slow
+MiB = 1 << 20
+KiB = 1 << 10
+CHUNK = 64 * KiB
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    deployment = make_deployment(tmp_path_factory.mktemp("snap") / "deployment")
+    deployment.ok("up")
+    try:
+        deployment.ok("vm", "register", "db-01", "--ip", "10.0.0.21", "--disk", "system:root:64M")
+        yield deployment
+    finally:
+        deployment.run("down")
+
+
+def _url(net: Deployment) -> str:
+    return str(net.ok("disk", "url", "db-01", "root").stdout.strip())
+
+
+def _export(net: Deployment, target: Path, snapshot: str | None = None) -> bytes:
+    args = ["disk", "export", "db-01", "root", str(target), "--force"]
+    if snapshot:
+        args += ["--snapshot", snapshot]
+    net.ok(*args)
+    return target.read_bytes()
+
+
+def _runfile(net: Deployment, node: str) -> dict[str, Any]:
+    return dict(json.loads((net.root / "data" / "run" / f"{node}.json").read_text()))
+
+
+def _kill(net: Deployment, node: str) -> None:
+    pid = int(_runfile(net, node)["pid"])
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+
+
+def test_first_snapshot_is_full_and_equals_the_disk(net: Deployment, tmp_path: Path) -> None:
+    image = tmp_path / "image.raw"
+    rng = random.Random(5)
+    with image.open("wb") as out:
+        out.truncate(64 * MiB)
+        for offset in range(0, 48 * MiB, 4 * MiB):
+            out.seek(offset)
+            out.write(rng.randbytes(MiB))
+    net.ok("disk", "import", "db-01", "root", str(image))
+    snap = net.json("snapshot", "create", "db-01")
+    assert snap["status"] == "committed"
+    assert snap["parent"] is None
+    (disk,) = snap["disk_details"]
+    assert disk["incremental"] is False
+    assert disk["chunks"] == 12 * MiB // CHUNK
+    assert _export(net, tmp_path / "out.raw", snap["id"]) == image.read_bytes()
+    assert net.json("snapshot", "verify", snap["id"])["ok"] is True
+
+
+def test_incremental_snapshot_reads_only_the_dirty_chunks(net: Deployment, tmp_path: Path) -> None:
+    url = _url(net)
+    before = _export(net, tmp_path / "before.raw")
+    qemu_io(url, "write -P 0x41 0 4k", "write -P 0x42 10M 4k", "write -P 0x43 60M 128k", "flush")
+    snap = net.json("snapshot", "create", "db-01")
+    (disk,) = snap["disk_details"]
+    assert disk["incremental"] is True
+    assert disk["changed_chunks"] == 4
+    assert disk["bytes_read"] == 4 * CHUNK
+    expected = bytearray(before)
+    expected[0 : 4 * KiB] = b"\x41" * 4 * KiB
+    expected[10 * MiB : 10 * MiB + 4 * KiB] = b"\x42" * 4 * KiB
+    expected[60 * MiB : 60 * MiB + 128 * KiB] = b"\x43" * 128 * KiB
+    assert _export(net, tmp_path / "incr.raw", snap["id"]) == bytes(expected)
+    listed = net.json("snapshot", "list", "db-01")
+    assert [s["id"] for s in listed][-1] == snap["id"]
+    assert listed[-1]["parent"] == listed[-2]["id"]
+
+
+def _writer(url: str, rounds: int, stop: threading.Event) -> subprocess.Popen[str]:
+    """qemu-io writing pattern k to chunk k+200, k = 1, 2, ... one write after another."""
+    commands: list[str] = []
+    for k in range(1, rounds + 1):
+        commands += ["-c", f"write -P {k} {(200 + k) * CHUNK} {CHUNK}"]
+    return subprocess.Popen(
+        [tool("qemu-io"), "-f", "raw", *commands, url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_snapshot_taken_while_the_vm_writes_is_one_instant(
+    net: Deployment, tmp_path: Path
+) -> None:
+    url = _url(net)
+    qemu_io(url, f"write -z {201 * CHUNK} {250 * CHUNK}", "flush")
+    writer = _writer(url, 250, threading.Event())
+    try:
+        time.sleep(0.2)
+        snap = net.json("snapshot", "create", "db-01")
+    finally:
+        _err = writer.communicate(timeout=120)[1]
+    assert writer.returncode == 0, _err
+    image = _export(net, tmp_path / "during.raw", snap["id"])
+    written = [
+        k
+        for k in range(1, 251)
+        if image[(200 + k) * CHUNK : (201 + k) * CHUNK] == bytes([k]) * CHUNK
+    ]
+    untouched = [
+        k for k in range(1, 251) if image[(200 + k) * CHUNK : (201 + k) * CHUNK] == bytes(CHUNK)
+    ]
+    assert written == list(range(1, len(written) + 1)), "the snapshot holds a prefix of the writes"
+    assert len(written) + len(untouched) == 250, "no chunk is torn or from another write"
+    assert net.json("snapshot", "verify", snap["id"])["ok"] is True
+
+
+def test_snapshot_verify_fails_loudly_when_every_copy_of_a_chunk_is_altered(
+    net: Deployment, tmp_path: Path
+) -> None:
+    net.ok("vm", "register", "victim-01", "--ip", "10.0.0.22", "--disk", "system:root:16M")
+    victim = random.Random(11).randbytes(CHUNK)
+    image = tmp_path / "victim.raw"
+    image.write_bytes(bytes(3 * MiB) + victim)
+    net.ok("disk", "import", "victim-01", "root", str(image))
+    snap = net.json("snapshot", "create", "victim-01")
+    from nodes.chunks import ChunkCodec
+
+    chunk_id = ChunkCodec(None).chunk_id(victim)
+    altered = 0
+    for pack in (net.root / "data" / "nodes").glob("backup-*/chunks/packs/*.pack"):
+        data = bytearray(pack.read_bytes())
+        at = data.find(b"VCR1" + chunk_id)
+        if at >= 0:
+            data[at + 4 + 32 + 4 + 32 + 2] ^= 0xFF
+            pack.write_bytes(bytes(data))
+            altered += 1
+    assert altered == 2
+    result = net.run("snapshot", "verify", snap["id"])
+    assert result.exit_code == 6
+    assert "failed verification" in result.output
+    assert net.json("ledger", "verify")["ok"] is True
+
+
+def test_a_snapshot_that_cannot_finish_is_undone_and_recorded_failed(net: Deployment) -> None:
+    _kill(net, "transfer-1")
+    result = net.run("snapshot", "create", "db-01")
+    assert result.exit_code != 0
+    assert "failed and was undone" in result.output
+    assert result.output.count("\n") == 1
+    failed = net.json("snapshot", "list", "db-01")[-1]
+    assert failed["status"] == "failed"
+    net.ok("up")
+    again = net.json("snapshot", "create", "db-01")
+    assert again["status"] == "committed"
+    assert net.json("snapshot", "verify", again["id"])["ok"] is True
+
+
+def test_kill_9_of_the_controller_mid_snapshot_is_undone_on_restart(
+    net: Deployment, tmp_path: Path
+) -> None:
+    big = tmp_path / "big.raw"
+    big.write_bytes(random.Random(8).randbytes(48 * MiB))
+    net.ok("disk", "import", "db-01", "root", str(big))
+    committed = [
+        s["id"] for s in net.json("snapshot", "list", "db-01") if s["status"] == "committed"
+    ]
+    snapshot = subprocess.Popen(
+        ["vmsnap", "--config", str(net.config), "snapshot", "create", "db-01", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PATH": f"{Path(os.sys.executable).parent}:{os.environ['PATH']}"},
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        pending = [s for s in net.json("snapshot", "list", "db-01") if s["status"] == "pending"]
+        if pending:
+            break
+        time.sleep(0.02)
+    _kill(net, "controller")
+    snapshot.communicate(timeout=30)
+    net.ok("up")
+    after = net.json("snapshot", "create", "db-01")
+    assert after["status"] == "committed"
+    listed = {s["id"]: s for s in net.json("snapshot", "list", "db-01")}
+    assert not [s for s in listed.values() if s["status"] == "pending"]
+    for sid in [*committed, after["id"]]:
+        assert net.json("snapshot", "verify", sid)["ok"] is True
+    assert _export(net, tmp_path / "after.raw", after["id"])[: 48 * MiB] == big.read_bytes()
+    qemu_img("info", "-f", "raw", str(tmp_path / "after.raw"))

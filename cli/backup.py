@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from cli.render import emit_json, err, out
 from cli.state import state
 from nodes import disk_io, maintenance
+from nodes.api import ControllerApi
 
 app = typer.Typer(no_args_is_help=True, help="Scrub and repair the backup cluster.")
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -72,3 +73,17 @@ def repair(ctx: typer.Context, json: JsonOption = False) -> None:
     )
     for node in report.unreachable:
         out.print(f"{node}: unreachable")
+
+
+@app.command()
+def gc(ctx: typer.Context, json: JsonOption = False) -> None:
+    """Remove chunks no live snapshot references (waits for running snapshots)."""
+    report = ControllerApi(state(ctx).config()).collect_garbage()
+    if json:
+        emit_json(report)
+        return
+    out.print(
+        f"{report['live_snapshots']} live snapshots reference {report['referenced']} chunks; "
+        f"removed {report['chunks']} chunks ({report['copies']} copies), "
+        f"{report['bytes_reclaimed']} bytes reclaimed"
+    )

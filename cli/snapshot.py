@@ -176,3 +176,26 @@ def verify(
             f"{len(failed)} of {len(reports)} snapshots failed verification: "
             + "; ".join(f"{r['snapshot'][:12]}: {r['problems'][0]}" for r in failed)
         )
+
+
+@app.command()
+def delete(
+    ctx: typer.Context,
+    snapshot: Annotated[str, typer.Argument(help="Snapshot id or unique prefix.")],
+    no_gc: Annotated[
+        bool, typer.Option("--no-gc", help="Only delete; leave garbage collection for later.")
+    ] = False,
+    json: JsonOption = False,
+) -> None:
+    """Delete a snapshot from business, transfer and backup (one event each), then collect."""
+    result = ControllerApi(state(ctx).config()).delete_snapshot(snapshot, gc=not no_gc)
+    if json:
+        emit_json(result)
+        return
+    out.print(f"deleted snapshot {result['snapshot'][:12]} of {result['vm']}")
+    gc = result.get("gc")
+    if gc:
+        out.print(
+            f"garbage collection: {gc['chunks']} chunks ({gc['copies']} copies) removed, "
+            f"{format_size(gc['bytes_reclaimed'])} reclaimed"
+        )

@@ -199,6 +199,62 @@ class SnapshotFailed(Event):
         return vm_stream(self.vm)
 
 
+@dataclass(frozen=True)
+class InitialSnapshotDeleted(Event):
+    """Delete, step 1: the initial snapshot is gone from business storage."""
+
+    snapshot: str
+    vm: str
+    views_released: int
+
+    @property
+    def stream(self) -> str:
+        """A snapshot's facts live on its VM's stream."""
+        return vm_stream(self.vm)
+
+
+@dataclass(frozen=True)
+class TargetStagingDeleted(Event):
+    """Delete, step 2: the transfer node holds nothing of the snapshot any more."""
+
+    snapshot: str
+    vm: str
+    node: str
+
+    @property
+    def stream(self) -> str:
+        """A snapshot's facts live on its VM's stream."""
+        return vm_stream(self.vm)
+
+
+@dataclass(frozen=True)
+class TargetSnapshotDeleted(Event):
+    """Delete, step 3: the target snapshot left the backup cluster (its manifests unreferenced)."""
+
+    snapshot: str
+    vm: str
+    reason: str
+
+    @property
+    def stream(self) -> str:
+        """A snapshot's facts live on its VM's stream."""
+        return vm_stream(self.vm)
+
+
+@dataclass(frozen=True)
+class GarbageCollected(Event):
+    """Chunks no live manifest referenced were removed from the backup nodes."""
+
+    chunks: int
+    copies: int
+    bytes_reclaimed: int
+
+    @property
+    def stream(self) -> str:
+        """Deployment-wide facts live on one stream."""
+        return DEPLOYMENT_STREAM
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -211,6 +267,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
         SnapshotCommitted,
         InitialSnapshotReleased,
         SnapshotFailed,
+        InitialSnapshotDeleted,
+        TargetStagingDeleted,
+        TargetSnapshotDeleted,
+        GarbageCollected,
     )
 }
 

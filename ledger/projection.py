@@ -257,6 +257,7 @@ _FOLDS: dict[type[events.Event], Callable[[Session, LedgerRecord, Any], None]] =
     ),
     events.InitialSnapshotReleased: _snapshot_update(released=True),
     events.SnapshotFailed: _snapshot_update(status="failed", reason=lambda r, e: e.reason),
+    events.TargetSnapshotDeleted: _snapshot_update(status="deleted", reason=lambda r, e: e.reason),
 }
 
 

@@ -96,6 +96,32 @@ class ControllerApi:
             timeout=SNAPSHOT_TIMEOUT,
         )
 
+    def delete_snapshot(self, ref: str, gc: bool = True) -> dict[str, Any]:
+        """Delete a snapshot (and collect garbage)."""
+        run = controller(self.config)
+        return call_sync(
+            run.host,
+            run.port,
+            self.config.secret(),
+            "snapshot.delete",
+            {"id": ref, "gc": gc},
+            peer=run.name,
+            timeout=SNAPSHOT_TIMEOUT,
+        )
+
+    def collect_garbage(self) -> dict[str, Any]:
+        """Remove unreferenced chunks from the backup cluster."""
+        run = controller(self.config)
+        return call_sync(
+            run.host,
+            run.port,
+            self.config.secret(),
+            "backup.gc",
+            {},
+            peer=run.name,
+            timeout=SNAPSHOT_TIMEOUT,
+        )
+
     def vms(self) -> list[dict[str, Any]]:
         """Every registered VM."""
         return list(self._call("vm.list")["vms"])

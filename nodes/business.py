@@ -207,8 +207,8 @@ class Business:
     async def release(self, args: dict[str, Any]) -> dict[str, Any]:
         """Release a view; writes stop preserving its chunks."""
         _name, volume = self._volume(args)
-        await asyncio.to_thread(volume.release, text(args, "view"))
-        return {}
+        released = await asyncio.to_thread(volume.release, text(args, "view"))
+        return {"released": released}
 
     async def commit_base(self, args: dict[str, Any]) -> dict[str, Any]:
         """Make a view the baseline that dirty tracking counts from."""

@@ -16,6 +16,7 @@ from ledger.service import Ledger
 from ledger.vm import disk, registration
 from nodes.chunks import ChunkCodec
 from nodes.config import Config
+from nodes.deletion import Deletion
 from nodes.errors import NodeError
 from nodes.peers import Peers, node_names
 from nodes.placement import Placement
@@ -48,6 +49,9 @@ class Controller:
             self.peers, node_names(config, "backup"), config.topology.replicas
         )
         self.codec = ChunkCodec(config.data_key(), config.storage.compression_level)
+        self.deletion = Deletion(
+            ledger, self.snapshots, self.cluster, self.codec, self.snapshots.gate, self._run
+        )
         self._recovered = False
         self._recovery = asyncio.Lock()
 
@@ -77,6 +81,8 @@ class Controller:
             "snapshot.progress": self.snapshot_progress,
             "snapshot.show": self.show_snapshot,
             "snapshot.verify": self.verify_snapshot,
+            "snapshot.delete": self.delete_snapshot,
+            "backup.gc": self.collect_garbage,
             "ledger.log": self.ledger_log,
             "ledger.head": self.ledger_head,
             "ledger.verify": self.ledger_verify,
@@ -163,6 +169,15 @@ class Controller:
         record = await self._run(self.ledger.contract.snapshot, bytes.fromhex(snap["id"]))
         audit = await verify_snapshot(snap, record, self.cluster, self.codec)
         return audit.plain()
+
+    async def delete_snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Delete a snapshot from its three places, then collect garbage."""
+        await self._recover()
+        return await self.deletion.delete(text(args, "id"), gc=args.get("gc", True) is not False)
+
+    async def collect_garbage(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Remove chunks no live snapshot references."""
+        return await self.deletion.collect()
 
     async def list_vms(self, args: dict[str, Any]) -> dict[str, Any]:
         """Every registered VM."""

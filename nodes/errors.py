@@ -15,7 +15,8 @@
         ├── ChunkMissing           the chunk store holds no copy of a chunk
         ├── ChunkCorrupted         a stored copy fails its checksum or id check
         ├── ChunkStoreError        the chunk store's files or index cannot be used
-        └── ManifestCorrupted      a stored manifest is malformed
+        ├── ManifestCorrupted      a stored manifest is malformed
+        └── VmDriverError          the VM driver could not stop or start a VM
 """
 
 from __future__ import annotations
@@ -111,3 +112,13 @@ class NbdProtocolError(ProtocolError):
 
 class ManifestCorrupted(NodeError):
     """A stored manifest is malformed or does not match its root."""
+
+
+class VmDriverError(NodeError):
+    """The VM driver could not stop, start or query a VM."""
+
+    def __init__(self, vm: str, action: str, problem: str) -> None:
+        super().__init__(f"cannot {action} VM {vm}: {problem}")
+        self.vm = vm
+        self.action = action
+        self.problem = problem

@@ -150,6 +150,11 @@ class BackupCluster:
                 unreachable.append(node)
         return held, unreachable
 
+    async def list_node(self, node: str) -> AsyncIterator[bytes]:
+        """Every chunk id `node` holds, in order."""
+        async for chunk_id in self._list(node):
+            yield chunk_id
+
     async def _list(self, node: str) -> AsyncIterator[bytes]:
         after = b""
         while True:

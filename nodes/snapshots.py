@@ -15,6 +15,7 @@ from ledger.contract import Entry, Fact, SnapshotStatus
 from ledger.errors import Conflict, NotFound, VmsnapError
 from ledger.service import Ledger
 from nodes.config import Config
+from nodes.gc import DataGate
 from nodes.manifest import snapshot_root
 from nodes.peers import Peers, node_names
 from nodes.placement import Placement, UnknownDisk
@@ -73,6 +74,7 @@ class Snapshots:
         self.places = places
         self._on_ledger = on_ledger
         self.in_flight: dict[str, str] = {}
+        self.gate = DataGate()
         self._progress: dict[str, dict[str, int]] = {}
 
     async def _append(self, entries: list[Entry]) -> None:
@@ -83,6 +85,10 @@ class Snapshots:
             self.ledger.projection.stream_version, events.vm_stream(vm)
         )
         return version
+
+    def transfer_node(self, vm: str) -> str:
+        """The transfer node that processes `vm`'s snapshots."""
+        return self._transfer_node(vm)
 
     def _transfer_node(self, vm: str) -> str:
         return rendezvous(vm.encode(), node_names(self.config, "transfer"), 1)[0]
@@ -98,7 +104,8 @@ class Snapshots:
         snapshot = new_snapshot_id(vm)
         self.in_flight[vm] = snapshot
         try:
-            return await self._run(vm, snapshot, chosen)
+            async with self.gate.snapshot():
+                return await self._run(vm, snapshot, chosen)
         finally:
             self.in_flight.pop(vm, None)
             self._progress.pop(vm, None)
@@ -246,6 +253,10 @@ class Snapshots:
         for snap in committed:
             if not snap["released"]:
                 await self._release(snap["vm"], snap["id"], await self._disks(snap))
+
+    async def disks_of(self, snap: dict[str, Any]) -> list[dict[str, Any]]:
+        """The placed disks a snapshot covers."""
+        return await self._disks(snap)
 
     async def _disks(self, snap: dict[str, Any]) -> list[dict[str, Any]]:
         shown = await self._on_ledger(self.ledger.projection.vm, snap["vm"])

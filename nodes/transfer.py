@@ -183,6 +183,7 @@ class Transfer:
             "transfer.snapshot": self.snapshot,
             "manifest.get": self.get_manifest,
             "transfer.progress": self.report_progress,
+            "transfer.discard": self.discard,
         }
 
     async def status(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -251,6 +252,11 @@ class Transfer:
     async def report_progress(self, args: dict[str, Any]) -> dict[str, Any]:
         """Bytes read so far for a view being processed (None when it is not)."""
         return {"bytes_read": self.pipeline.progress.get(text(args, "view"))}
+
+    async def discard(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Forget a snapshot: chunks go straight to the backup cluster, so nothing is staged."""
+        self.pipeline.progress.pop(text(args, "view"), None)
+        return {"staged_bytes": 0}
 
     async def get_manifest(self, args: dict[str, Any]) -> dict[str, Any]:
         """A stored manifest, decoded (its chunks are not fetched)."""

@@ -203,17 +203,18 @@ class Volume:
             raise VolumeError(f"no view {name!r} on this volume")
         return FrozenView(self, name, self._views[name])
 
-    def release(self, name: str) -> None:
-        """Drop view `name` and the preserved chunks only it needed."""
+    def release(self, name: str) -> bool:
+        """Drop view `name` and the preserved chunks only it needed; False if it was not held."""
         with self._lock:
             if self._views.pop(name, None) is None:
-                return
+                return False
             with self._db:
                 self._db.execute("DELETE FROM views WHERE name = ?", (name,))
                 self._drop_unneeded()
             if not self._views:
                 os.ftruncate(self._cow, 0)
                 self._cow_end = 0
+        return True
 
     def commit_base(self, name: str) -> None:
         """Record that view `name` is now the last committed snapshot (the dirty baseline)."""

@@ -214,3 +214,67 @@ def test_kill_9_of_the_controller_mid_snapshot_is_undone_on_restart(
         assert net.json("snapshot", "verify", sid)["ok"] is True
     assert _export(net, tmp_path / "after.raw", after["id"])[: 48 * MiB] == big.read_bytes()
     qemu_img("info", "-f", "raw", str(tmp_path / "after.raw"))
+
+
+def _all_chunks(net: Deployment) -> set[str]:
+    from nodes.config import load_config
+
+    config = load_config(net.config, {})
+    found: set[str] = set()
+    for node in ("backup-1", "backup-2", "backup-3"):
+        run = _runfile(net, node)
+        from nodes.client import call_sync
+
+        reply = call_sync(
+            run["host"],
+            run["port"],
+            config.secret(),
+            "chunk.list",
+            {"after": b"", "limit": 65536},
+            peer=node,
+        )
+        found.update(c.hex() for c in reply["ids"])
+    return found
+
+
+def test_delete_keeps_children_whole_and_gc_leaves_no_orphan(
+    net: Deployment, tmp_path: Path
+) -> None:
+    net.ok("vm", "register", "del-01", "--ip", "10.0.0.23", "--disk", "system:root:8M")
+    url = str(net.ok("disk", "url", "del-01", "root").stdout.strip())
+    image = tmp_path / "del.raw"
+    image.write_bytes(random.Random(21).randbytes(2 * MiB))
+    net.ok("disk", "import", "del-01", "root", str(image))
+    first = net.json("snapshot", "create", "del-01")
+    qemu_io(url, "write -P 0x61 0 64k", "flush")
+    second = net.json("snapshot", "create", "del-01")
+    before = _all_chunks(net)
+    deleted = net.json("snapshot", "delete", first["id"][:10])
+    assert deleted["snapshot"] == first["id"]
+    assert deleted["gc"]["chunks"] >= 2, "the replaced chunk and the first manifest go"
+    after = _all_chunks(net)
+    assert after < before
+    assert net.json("snapshot", "verify", second["id"])["ok"] is True
+    listed = {s["id"]: s["status"] for s in net.json("snapshot", "list", "del-01")}
+    assert listed[first["id"]] == "deleted"
+    types = [e["type"] for e in net.json("ledger", "log", "--vm", "del-01")]
+    assert types[-3:] == ["InitialSnapshotDeleted", "TargetStagingDeleted", "TargetSnapshotDeleted"]
+    again = net.run("snapshot", "delete", first["id"])
+    assert again.exit_code == 5
+    assert "only committed snapshots" in again.output
+    verify = net.run("snapshot", "verify", first["id"])
+    assert verify.exit_code == 6
+    assert "deleted" in verify.output
+
+
+def test_gc_after_deleting_everything_leaves_no_chunk_of_that_vm(
+    net: Deployment, tmp_path: Path
+) -> None:
+    for snap in net.json("snapshot", "list"):
+        if snap["status"] == "committed":
+            net.ok("snapshot", "delete", snap["id"], "--no-gc")
+    report = net.json("backup", "gc")
+    assert report["live_snapshots"] == 0
+    assert report["referenced"] == 0
+    assert _all_chunks(net) == set()
+    assert net.json("ledger", "verify")["ok"] is True

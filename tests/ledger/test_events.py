@@ -67,6 +67,18 @@ SAMPLES: dict[type[events.Event], events.Event] = {
     events.InitialSnapshotReleased: events.InitialSnapshotReleased(
         at_ms=1_767_225_604_200, snapshot="ab" * 32, vm="web-1"
     ),
+    events.InitialSnapshotDeleted: events.InitialSnapshotDeleted(
+        at_ms=1_767_225_605_000, snapshot="ab" * 32, vm="web-1", views_released=0
+    ),
+    events.TargetStagingDeleted: events.TargetStagingDeleted(
+        at_ms=1_767_225_605_100, snapshot="ab" * 32, vm="web-1", node="transfer-1"
+    ),
+    events.TargetSnapshotDeleted: events.TargetSnapshotDeleted(
+        at_ms=1_767_225_605_200, snapshot="ab" * 32, vm="web-1", reason="operator"
+    ),
+    events.GarbageCollected: events.GarbageCollected(
+        at_ms=1_767_225_606_000, chunks=10, copies=20, bytes_reclaimed=1 << 20
+    ),
     events.SnapshotFailed: events.SnapshotFailed(
         at_ms=1_767_225_604_300, snapshot="ab" * 32, vm="web-1", reason="business-1 unreachable"
     ),

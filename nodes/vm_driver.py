@@ -98,8 +98,8 @@ def _parse_template(where: str, template: str) -> tuple[str, ...]:
 
 
 async def _run_command(argv: list[str], timeout: float) -> str:
-    """Run a command and return what went wrong, or an empty string when it succeeded."""
-    command = shlex.join(argv)
+    """Run a command and return in one line what went wrong, or an empty string on success."""
+    command = shlex.join(argv).replace("\n", "\\n")
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,

@@ -255,6 +255,39 @@ class GarbageCollected(Event):
         return DEPLOYMENT_STREAM
 
 
+@dataclass(frozen=True)
+class RollbackStarted(Event):
+    """A rollback of a VM to one of its snapshots began (the VM is being stopped)."""
+
+    rollback: str
+    vm: str
+    snapshot: str
+    mode: str
+
+    @property
+    def stream(self) -> str:
+        """A rollback's facts live on its VM's stream."""
+        return vm_stream(self.vm)
+
+
+@dataclass(frozen=True)
+class RollbackFinished(Event):
+    """The VM's disks equal the snapshot again and the VM was restarted."""
+
+    rollback: str
+    vm: str
+    snapshot: str
+    chunks_checked: int
+    chunks_restored: int
+    bytes_restored: int
+    seconds: float
+
+    @property
+    def stream(self) -> str:
+        """A rollback's facts live on its VM's stream."""
+        return vm_stream(self.vm)
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -271,6 +304,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         TargetStagingDeleted,
         TargetSnapshotDeleted,
         GarbageCollected,
+        RollbackStarted,
+        RollbackFinished,
     )
 }
 

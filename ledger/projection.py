@@ -25,6 +25,7 @@ from ledger.tables import (
     CheckpointRow,
     DiskRow,
     EventRow,
+    RollbackRow,
     SnapshotDiskRow,
     SnapshotRow,
     StreamRow,
@@ -111,6 +112,16 @@ class Projection:
             if status is not None:
                 query = query.where(SnapshotRow.status == status)
             return [_snapshot_dict(session, row) for row in session.execute(query).scalars()]
+
+    def rollbacks(self, vm: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        """Rollbacks oldest first, optionally of one VM or in one status."""
+        with Session(self._engine) as session:
+            query = select(RollbackRow).order_by(RollbackRow.started_at_ms)
+            if vm is not None:
+                query = query.where(RollbackRow.vm == vm)
+            if status is not None:
+                query = query.where(RollbackRow.status == status)
+            return [columns(row) for row in session.execute(query).scalars()]
 
     def find_snapshots(self, prefix: str) -> list[dict[str, Any]]:
         """Snapshots whose id starts with `prefix`."""
@@ -243,6 +254,27 @@ def _target_processed(session: Session, record: LedgerRecord, event: Any) -> Non
     )
 
 
+def _rollback_started(session: Session, record: LedgerRecord, event: Any) -> None:
+    session.merge(
+        RollbackRow(
+            id=event.rollback,
+            vm=event.vm,
+            snapshot=event.snapshot,
+            mode=event.mode,
+            status="running",
+            started_at_ms=event.at_ms,
+        )
+    )
+
+
+def _rollback_finished(session: Session, record: LedgerRecord, event: Any) -> None:
+    row = session.get(RollbackRow, event.rollback)
+    if row is not None:
+        row.status, row.finished_at_ms = "finished", event.at_ms
+        row.chunks_checked, row.chunks_restored = event.chunks_checked, event.chunks_restored
+        row.bytes_restored = event.bytes_restored
+
+
 _FOLDS: dict[type[events.Event], Callable[[Session, LedgerRecord, Any], None]] = {
     events.VmRegistered: _vm_registered,
     events.DiskPlaced: _disk_placed,
@@ -256,6 +288,8 @@ _FOLDS: dict[type[events.Event], Callable[[Session, LedgerRecord, Any], None]] =
         committed_seq=lambda r, e: r.seq,
     ),
     events.InitialSnapshotReleased: _snapshot_update(released=True),
+    events.RollbackStarted: _rollback_started,
+    events.RollbackFinished: _rollback_finished,
     events.SnapshotFailed: _snapshot_update(status="failed", reason=lambda r, e: e.reason),
     events.TargetSnapshotDeleted: _snapshot_update(status="deleted", reason=lambda r, e: e.reason),
 }

@@ -109,6 +109,22 @@ class SnapshotDiskRow(Base):
     incremental: Mapped[bool] = mapped_column(Boolean)
 
 
+class RollbackRow(Base):
+    """A rollback of a VM to a snapshot."""
+
+    __tablename__ = "rollbacks"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    vm: Mapped[str] = mapped_column(String(64), index=True)
+    snapshot: Mapped[str] = mapped_column(String(64))
+    mode: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    started_at_ms: Mapped[int] = mapped_column(BigInteger)
+    finished_at_ms: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    chunks_checked: Mapped[int] = mapped_column(BigInteger, default=0)
+    chunks_restored: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_restored: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 TABLES: tuple[type[Base], ...] = (
     EventRow,
     StreamRow,
@@ -117,6 +133,7 @@ TABLES: tuple[type[Base], ...] = (
     CheckpointRow,
     SnapshotRow,
     SnapshotDiskRow,
+    RollbackRow,
 )
 
 

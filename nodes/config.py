@@ -84,6 +84,17 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class VmDriverConfig:
+    """How vmsnap stops and restarts VMs around a rollback (see nodes/vm_driver.py)."""
+
+    kind: str = "none"
+    stop_command: str = ""
+    start_command: str = ""
+    qmp_socket: str = ""
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
 class Config:
     """A deployment's whole configuration."""
 
@@ -95,6 +106,7 @@ class Config:
     wire: WireConfig = field(default_factory=WireConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    vm_driver: VmDriverConfig = field(default_factory=VmDriverConfig)
 
     @property
     def root(self) -> Path:
@@ -183,6 +195,7 @@ SECTIONS = {
     "wire": WireConfig,
     "topology": TopologyConfig,
     "storage": StorageConfig,
+    "vm_driver": VmDriverConfig,
 }
 
 

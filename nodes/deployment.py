@@ -49,6 +49,13 @@ replicas = 2                       # copies of every chunk on the backup cluster
 chunk_size = 65536                 # bytes; dirty tracking, dedup and transfer unit of new volumes
 compression_level = 3              # zstd level
 encryption = false                 # encrypt chunks at rest with keys derived from data.key
+
+[vm_driver]
+kind = "none"                      # how rollbacks stop and restart VMs: none, command or qemu
+stop_command = ""                  # command: e.g. "virsh destroy {vm}"
+start_command = ""                 # command: e.g. "virsh start {vm}"
+qmp_socket = ""                    # qemu: e.g. "/run/qemu/{vm}.qmp"
+timeout = 30.0
 """
 
 

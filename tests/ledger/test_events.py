@@ -79,6 +79,19 @@ SAMPLES: dict[type[events.Event], events.Event] = {
     events.GarbageCollected: events.GarbageCollected(
         at_ms=1_767_225_606_000, chunks=10, copies=20, bytes_reclaimed=1 << 20
     ),
+    events.RollbackStarted: events.RollbackStarted(
+        at_ms=1_767_225_607_000, rollback="cd" * 32, vm="web-1", snapshot="ab" * 32, mode="normal"
+    ),
+    events.RollbackFinished: events.RollbackFinished(
+        at_ms=1_767_225_608_000,
+        rollback="cd" * 32,
+        vm="web-1",
+        snapshot="ab" * 32,
+        chunks_checked=100,
+        chunks_restored=3,
+        bytes_restored=196608,
+        seconds=1.5,
+    ),
     events.SnapshotFailed: events.SnapshotFailed(
         at_ms=1_767_225_604_300, snapshot="ab" * 32, vm="web-1", reason="business-1 unreachable"
     ),

@@ -55,6 +55,7 @@ def test_empty_projection_has_no_rows_and_a_zero_checkpoint(projection: Projecti
         "checkpoint",
         "snapshots",
         "snapshot_disks",
+        "rollbacks",
     }
     assert all(rows == [] for rows in projection.dump().values())
 

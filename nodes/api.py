@@ -122,6 +122,23 @@ class ControllerApi:
             timeout=SNAPSHOT_TIMEOUT,
         )
 
+    def rollback(self, vm: str, snapshot: str) -> dict[str, Any]:
+        """Roll a VM back to a snapshot (normal rollback)."""
+        run = controller(self.config)
+        return call_sync(
+            run.host,
+            run.port,
+            self.config.secret(),
+            "rollback.start",
+            {"vm": vm, "snapshot": snapshot},
+            peer=run.name,
+            timeout=SNAPSHOT_TIMEOUT,
+        )
+
+    def rollbacks(self, vm: str | None = None) -> list[dict[str, Any]]:
+        """Rollbacks, optionally of one VM."""
+        return list(self._call("rollback.list", {} if vm is None else {"vm": vm})["rollbacks"])
+
     def vms(self) -> list[dict[str, Any]]:
         """Every registered VM."""
         return list(self._call("vm.list")["vms"])

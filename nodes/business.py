@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.errors import InputError, NotFound
+from nodes.chunks import ChunkCodec, is_zero
 from nodes.config import Config
 from nodes.nbd import NbdServer
 from nodes.request_args import integer, text
@@ -40,6 +41,7 @@ class Business:
         self.name = name
         self.root = config.node_dir(name) / "volumes"
         self.root.mkdir(parents=True, exist_ok=True)
+        self.codec = ChunkCodec(config.data_key(), config.storage.compression_level)
         self.volumes: dict[str, Volume] = {}
         for folder in sorted(p.parent for p in self.root.glob("*/*/meta.sqlite")):
             self.volumes[f"{folder.parent.name}/{folder.name}"] = Volume.open(folder)
@@ -82,6 +84,7 @@ class Business:
             "volume.commit_base": self.commit_base,
             "volume.changed": self.changed,
             "volume.read_chunks": self.read_chunks,
+            "volume.chunk_ids": self.chunk_ids,
         }
 
     def _volume(self, args: dict[str, Any]) -> tuple[str, Volume]:
@@ -242,6 +245,25 @@ class Business:
         view = volume.view(text(args, "view"))
         chunks = await asyncio.to_thread(lambda: [view.read_chunk(i) for i in indexes])
         return {"chunks": chunks}
+
+    async def chunk_ids(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Ids of up to 64 live chunks (None for an all-zero chunk), to compare with a manifest."""
+        _name, volume = self._volume(args)
+        indexes = args.get("indexes")
+        if not isinstance(indexes, list) or len(indexes) > MAX_CHUNKS_PER_CALL:
+            raise InputError(f"indexes must be a list of at most {MAX_CHUNKS_PER_CALL}")
+        if not all(isinstance(i, int) and 0 <= i < volume.chunks for i in indexes):
+            raise InputError("chunk index out of range")
+
+        def ids() -> list[bytes | None]:
+            found: list[bytes | None] = []
+            for i in indexes:
+                start = i * volume.chunk_size
+                data = volume.read_live(start, min(volume.chunk_size, volume.size - start))
+                found.append(None if is_zero(data) else self.codec.chunk_id(data))
+            return found
+
+        return {"ids": await asyncio.to_thread(ids)}
 
 
 def _allocated(folder: Path) -> int:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -11,7 +14,7 @@ from typing import Any, TypeVar
 
 from ledger import events
 from ledger.contract import Entry
-from ledger.errors import InputError, UnknownVm, VersionConflict, VmExists
+from ledger.errors import InputError, UnknownVm, VersionConflict, VmExists, VmsnapError
 from ledger.service import Ledger
 from ledger.vm import disk, registration
 from nodes.chunks import ChunkCodec
@@ -22,10 +25,14 @@ from nodes.peers import Peers, node_names
 from nodes.placement import Placement
 from nodes.replication import BackupCluster
 from nodes.request_args import maps, text
+from nodes.rollback import Rollbacks
 from nodes.snapshot_audit import verify_snapshot
 from nodes.snapshots import Snapshots
+from nodes.vm_driver import VmDriverSettings, open_driver
 
 T = TypeVar("T")
+RECOVERY_ATTEMPTS = 120
+log = logging.getLogger("vmsnap.controller")
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
@@ -52,7 +59,10 @@ class Controller:
         self.deletion = Deletion(
             ledger, self.snapshots, self.cluster, self.codec, self.snapshots.gate, self._run
         )
+        driver = open_driver(VmDriverSettings(**dataclasses.asdict(config.vm_driver)))
+        self.rollbacks = Rollbacks(ledger, self.snapshots, driver, self._run)
         self._recovered = False
+        self._recovery_task: asyncio.Task[None] | None = None
         self._recovery = asyncio.Lock()
 
     @classmethod
@@ -64,6 +74,10 @@ class Controller:
 
     async def close(self) -> None:
         """Finish pending ledger work and close the ledger."""
+        if self._recovery_task is not None:
+            self._recovery_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery_task
         await self.peers.close()
         await self._run(self.ledger.close)
         self._worker.shutdown(wait=True)
@@ -83,6 +97,8 @@ class Controller:
             "snapshot.verify": self.verify_snapshot,
             "snapshot.delete": self.delete_snapshot,
             "backup.gc": self.collect_garbage,
+            "rollback.start": self.start_rollback,
+            "rollback.list": self.list_rollbacks,
             "ledger.log": self.ledger_log,
             "ledger.head": self.ledger_head,
             "ledger.verify": self.ledger_verify,
@@ -131,10 +147,25 @@ class Controller:
         """Where a VM disk is served: node, RPC address, NBD URL, size."""
         return await self.placement.locate(text(args, "vm"), text(args, "resource_id"))
 
+    def start_recovery(self) -> None:
+        """Finish or undo, in the background, the workflows a crash interrupted."""
+        self._recovery_task = asyncio.create_task(self._recover_when_ready())
+
+    async def _recover_when_ready(self) -> None:
+        for _attempt in range(RECOVERY_ATTEMPTS):
+            try:
+                await self._recover()
+            except VmsnapError as err:
+                log.info("recovery waits for the network: %s", err)
+                await asyncio.sleep(1.0)
+            else:
+                return
+
     async def _recover(self) -> None:
         async with self._recovery:
             if not self._recovered:
                 await self.snapshots.recover()
+                await self.rollbacks.recover()
                 self._recovered = True
 
     async def create_snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -178,6 +209,16 @@ class Controller:
     async def collect_garbage(self, args: dict[str, Any]) -> dict[str, Any]:
         """Remove chunks no live snapshot references."""
         return await self.deletion.collect()
+
+    async def start_rollback(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Roll a VM back to a snapshot (normal rollback)."""
+        await self._recover()
+        return await self.rollbacks.start(text(args, "vm"), text(args, "snapshot"))
+
+    async def list_rollbacks(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Rollbacks, optionally of one VM."""
+        vm = args.get("vm")
+        return {"rollbacks": await self._run(self.ledger.projection.rollbacks, vm)}
 
     async def list_vms(self, args: dict[str, Any]) -> dict[str, Any]:
         """Every registered VM."""

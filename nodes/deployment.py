@@ -52,9 +52,9 @@ encryption = false                 # encrypt chunks at rest with keys derived fr
 
 [vm_driver]
 kind = "none"                      # how rollbacks stop and restart VMs: none, command or qemu
-stop_command = ""                  # command: e.g. "virsh destroy {vm}"
-start_command = ""                 # command: e.g. "virsh start {vm}"
-qmp_socket = ""                    # qemu: e.g. "/run/qemu/{vm}.qmp"
+stop_command = ""                  # command: e.g. "virsh destroy {{vm}}"
+start_command = ""                 # command: e.g. "virsh start {{vm}}"
+qmp_socket = ""                    # qemu: e.g. "/run/qemu/{{vm}}.qmp"
 timeout = 30.0
 """
 

@@ -94,6 +94,9 @@ async def _serve(config: Config, role: str, name: str) -> None:
         run = RunFile(name, role, os.getpid(), host, port, time.time(), nbd_port)
         runfile = run.write(config.run_dir)
         log.info("%s %s listening on %s:%d", role, name, host, port)
+        start_recovery = getattr(service, "start_recovery", None)
+        if start_recovery is not None:
+            start_recovery()
         await stop.wait()
         log.info("stopping")
         runfile.unlink(missing_ok=True)

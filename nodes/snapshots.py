@@ -12,8 +12,9 @@ import blake3
 
 from ledger import events
 from ledger.contract import Entry, Fact, SnapshotStatus
-from ledger.errors import Conflict, NotFound, VmsnapError
+from ledger.errors import NotFound, VmsnapError
 from ledger.service import Ledger
+from nodes.activity import Activity, VmBusy
 from nodes.config import Config
 from nodes.gc import DataGate
 from nodes.manifest import snapshot_root
@@ -24,13 +25,6 @@ from nodes.replication import placement as rendezvous
 Runner = Callable[..., Awaitable[Any]]
 log = logging.getLogger("vmsnap.snapshots")
 TRANSFER_TIMEOUT = 6 * 3600.0
-
-
-class SnapshotInFlight(Conflict):
-    """The VM already has a snapshot running."""
-
-    def __init__(self, vm: str, snapshot: str) -> None:
-        super().__init__(f"VM {vm!r} has a snapshot in flight ({snapshot[:12]}); wait for it")
 
 
 class UnknownSnapshot(NotFound):
@@ -73,7 +67,7 @@ class Snapshots:
         self.peers = peers
         self.places = places
         self._on_ledger = on_ledger
-        self.in_flight: dict[str, str] = {}
+        self.activity = Activity()
         self.gate = DataGate()
         self._progress: dict[str, dict[str, int]] = {}
 
@@ -102,12 +96,11 @@ class Snapshots:
                 raise UnknownDisk(vm, name)
         await self._check_idle(vm)
         snapshot = new_snapshot_id(vm)
-        self.in_flight[vm] = snapshot
         try:
-            async with self.gate.snapshot():
-                return await self._run(vm, snapshot, chosen)
+            with self.activity.claim(vm, "snapshot", snapshot):
+                async with self.gate.snapshot():
+                    return await self._run(vm, snapshot, chosen)
         finally:
-            self.in_flight.pop(vm, None)
             self._progress.pop(vm, None)
 
     @staticmethod
@@ -118,7 +111,7 @@ class Snapshots:
 
     async def progress(self, vm: str) -> dict[str, Any]:
         """The in-flight snapshot of `vm`: its id, bytes to read and bytes read so far."""
-        snapshot = self.in_flight.get(vm)
+        snapshot = self.activity.current(vm, "snapshot")
         counts = self._progress.get(vm)
         if snapshot is None or counts is None:
             return {"snapshot": snapshot, "total": None, "done": 0}
@@ -128,12 +121,18 @@ class Snapshots:
         current = int(reply["bytes_read"] or 0)
         return {"snapshot": snapshot, "total": counts["total"], "done": counts["done"] + current}
 
+    async def check_idle(self, vm: str) -> None:
+        """Refuse if `vm` has a snapshot or a rollback running or left pending."""
+        await self._check_idle(vm)
+
     async def _check_idle(self, vm: str) -> None:
-        if vm in self.in_flight:
-            raise SnapshotInFlight(vm, self.in_flight[vm])
+        self.activity.check(vm)
         pending = await self._on_ledger(self.ledger.projection.snapshots, vm, "pending")
         if pending:
-            raise SnapshotInFlight(vm, pending[0]["id"])
+            raise VmBusy(vm, "snapshot", pending[0]["id"])
+        running = await self._on_ledger(self.ledger.projection.rollbacks, vm, "running")
+        if running:
+            raise VmBusy(vm, "rollback", running[0]["id"])
 
     async def _parent(self, vm: str) -> dict[str, Any] | None:
         committed = await self._on_ledger(self.ledger.projection.snapshots, vm, "committed")

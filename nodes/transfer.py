@@ -184,6 +184,7 @@ class Transfer:
             "manifest.get": self.get_manifest,
             "transfer.progress": self.report_progress,
             "transfer.discard": self.discard,
+            "transfer.restore": self.restore,
         }
 
     async def status(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -252,6 +253,41 @@ class Transfer:
     async def report_progress(self, args: dict[str, Any]) -> dict[str, Any]:
         """Bytes read so far for a view being processed (None when it is not)."""
         return {"bytes_read": self.pipeline.progress.get(text(args, "view"))}
+
+    async def restore(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Make a live volume equal a manifest: write only the chunks that differ."""
+        node, vm, resource_id = text(args, "node"), text(args, "vm"), text(args, "resource_id")
+        manifest = await load_manifest(
+            self.cluster, self.codec, bytes.fromhex(text(args, "manifest"))
+        )
+        target = {"vm": vm, "resource_id": resource_id}
+        wanted = dict(manifest.entries)
+        chunks = -(-manifest.size // manifest.chunk_size)
+        checked = restored = written = 0
+        for start in range(0, chunks, BATCH):
+            indexes = list(range(start, min(start + BATCH, chunks)))
+            live = await self.peers.call(node, "volume.chunk_ids", {**target, "indexes": indexes})
+            differ = [
+                i for i, cid in zip(indexes, live["ids"], strict=True) if cid != wanted.get(i)
+            ]
+            checked += len(indexes)
+            fetched = await self.cluster.get([wanted[i] for i in differ if i in wanted])
+            for i in differ:
+                offset = i * manifest.chunk_size
+                length = min(manifest.chunk_size, manifest.size - offset)
+                if i in wanted:
+                    data = self.codec.decode(wanted[i], fetched[wanted[i]])
+                    await self.peers.call(
+                        node, "volume.write", {**target, "offset": offset, "data": data}
+                    )
+                else:
+                    await self.peers.call(
+                        node, "volume.zero", {**target, "offset": offset, "length": length}
+                    )
+                restored += 1
+                written += length
+        await self.peers.call(node, "volume.flush", target)
+        return {"chunks_checked": checked, "chunks_restored": restored, "bytes_restored": written}
 
     async def discard(self, args: dict[str, Any]) -> dict[str, Any]:
         """Forget a snapshot: chunks go straight to the backup cluster, so nothing is staged."""

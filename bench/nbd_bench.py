@@ -179,7 +179,8 @@ def sequential_read(port: int, size: int) -> float:
 class TinyClient:
     """Just enough NBD to send writes one at a time: NBD_OPT_GO, simple replies."""
 
-    def __init__(self, port: int, go: bool = True) -> None:
+    def __init__(self, port: int, go: bool = True, export: str = EXPORT) -> None:
+        self.export = export
         self.sock = socket.create_connection((HOST, port), timeout=30)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._recv(18)
@@ -189,7 +190,7 @@ class TinyClient:
             self._go()
 
     def _go(self) -> None:
-        name = EXPORT.encode()
+        name = self.export.encode()
         data = struct.pack(">I", len(name)) + name + struct.pack(">H", 0)
         self.sock.sendall(struct.pack(">QII", 0x49484156454F5054, 7, len(data)) + data)
         while True:

@@ -81,6 +81,7 @@ class StorageConfig:
     chunk_size: int = 64 * 1024
     compression_level: int = 3
     encryption: bool = False
+    background_nice: int = 10
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,8 @@ def _check(config: Config) -> None:
     size = storage.chunk_size
     if size < 4096 or size > 64 * 1024 or size & (size - 1):
         raise ConfigError("storage.chunk_size", "must be a power of two from 4096 to 65536")
+    if not 0 <= storage.background_nice <= 19:
+        raise ConfigError("storage.background_nice", "must be 0 to 19")
     if not 1 <= storage.compression_level <= 22:
         raise ConfigError("storage.compression_level", "must be 1 to 22")
 

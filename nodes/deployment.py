@@ -49,6 +49,7 @@ replicas = 2                       # copies of every chunk on the backup cluster
 chunk_size = 65536                 # bytes; dirty tracking, dedup and transfer unit of new volumes
 compression_level = 3              # zstd level
 encryption = false                 # encrypt chunks at rest with keys derived from data.key
+background_nice = 10               # CPU niceness of transfer and backup nodes: VM I/O comes first
 
 [vm_driver]
 kind = "none"                      # how rollbacks stop and restart VMs: none, command or qemu

@@ -17,6 +17,7 @@ from nodes.runfile import RunFile
 from nodes.server import NodeServer
 
 ROLES = ("controller", "business", "transfer", "backup")
+BACKGROUND_ROLES = ("transfer", "backup")
 PORT_OFFSETS = {"controller": 0, "business": 10, "transfer": 20, "backup": 30}
 log = logging.getLogger("vmsnap.node")
 
@@ -42,6 +43,8 @@ def run_node(config: Config, role: str, name: str) -> None:
         stream=sys.stderr,
         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
     )
+    if role in BACKGROUND_ROLES and config.storage.background_nice:
+        os.nice(config.storage.background_nice)
     asyncio.run(_serve(config, role, name))
 
 

@@ -1,0 +1,246 @@
+"""Snapshot benchmark: full and incremental snapshots, rollback and latency, against restic.
+
+On a generated disk (1 MiB extents: 40% zero, 30% text-like, 30% random), on
+`vmsnap up`'s default network, in one run:
+- full snapshot seconds and stored bytes (one copy; the cluster keeps R=2);
+- NBD random 4 KiB write latency p99 on another VM's disk of the same business
+  node, idle and while the full snapshot runs;
+- 1% of the 4 KiB blocks rewritten at random, then an incremental snapshot:
+  seconds and stored growth;
+- normal rollback to the full snapshot: seconds;
+- the reference on the same image and the same rewrite: `restic backup`,
+  `restic backup` again, `restic restore` (seconds; repository growth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nbd_bench import TinyClient
+
+MiB = 1 << 20
+BLOCK = 4096
+
+
+def make_image(path: Path, size: int, seed: int = 4) -> None:
+    """1 MiB extents: 40% zero, 30% text-like, 30% random."""
+    rng = random.Random(seed)
+    words = [rng.randbytes(rng.randint(2, 7)).hex().encode() for _ in range(2048)]
+    with path.open("wb") as out:
+        for _ in range(size // MiB):
+            roll = rng.random()
+            if roll < 0.4:
+                out.seek(MiB, os.SEEK_CUR)
+            elif roll < 0.7:
+                out.write((b" ".join(rng.choices(words, k=MiB // 6)))[:MiB].ljust(MiB, b" "))
+            else:
+                out.write(rng.randbytes(MiB))
+        out.truncate(size)
+
+
+def rewrites(size: int, fraction: float, seed: int = 9) -> list[tuple[int, bytes]]:
+    """The same random 4 KiB rewrites for vmsnap and restic."""
+    rng = random.Random(seed)
+    blocks = size // BLOCK
+    chosen = rng.sample(range(blocks), int(blocks * fraction))
+    return [(b * BLOCK, rng.randbytes(BLOCK)) for b in sorted(chosen)]
+
+
+def vmsnap(folder: Path, *args: str) -> Any:
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "--config", str(folder / "vmsnap.toml"), *args, "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+def nbd_port(url: str) -> int:
+    return int(url.split(":")[2].split("/")[0])
+
+
+def latencies(
+    port: int, export: str, size: int, count: int, stop: threading.Event | None
+) -> list[float]:
+    client = TinyClient(port, export=export)
+    rng = random.Random(port)
+    block = os.urandom(BLOCK)
+    found: list[float] = []
+    try:
+        for handle in range(count):
+            if stop is not None and stop.is_set():
+                break
+            started = time.perf_counter_ns()
+            client.write(rng.randrange(size // BLOCK) * BLOCK, block, handle)
+            found.append((time.perf_counter_ns() - started) / 1000)
+    finally:
+        client.close()
+    return found
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[int(len(ordered) * 0.99)] if ordered else float("nan")
+
+
+def stored(snap: dict[str, Any]) -> int:
+    return sum(int(d["bytes_stored"]) for d in snap["disk_details"])
+
+
+def run_vmsnap(
+    work: Path, image: Path, size: int, changes: list[tuple[int, bytes]]
+) -> dict[str, float]:
+    folder = work / "deployment"
+    subprocess.run(
+        [sys.executable, "-m", "cli", "init", "--dir", str(folder)], check=True, capture_output=True
+    )
+    subprocess.run(
+        [sys.executable, "-m", "cli", "--config", str(folder / "vmsnap.toml"), "up"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        vmsnap(
+            folder, "vm", "register", "bench", "--ip", "10.0.0.1", "--disk", f"system:root:{size}"
+        )
+        vmsnap(folder, "vm", "register", "probe", "--ip", "10.0.0.2", "--disk", "system:root:256M")
+        url = vmsnap(folder, "disk", "url", "bench", "root")["url"]
+        subprocess.run(
+            ["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(image), url], check=True
+        )
+        port, export = nbd_port(url), "probe/root"
+        idle = latencies(port, export, 256 * MiB, 2000, None)
+        during: list[float] = []
+        stop = threading.Event()
+        probe = threading.Thread(
+            target=lambda: during.extend(latencies(port, export, 256 * MiB, 10**9, stop))
+        )
+        probe.start()
+        started = time.perf_counter()
+        full = vmsnap(folder, "snapshot", "create", "bench")
+        full_s = time.perf_counter() - started
+        stop.set()
+        probe.join()
+        client = TinyClient(port, export="bench/root")
+        for handle, (offset, data) in enumerate(changes):
+            client.write(offset, data, handle)
+        client.close()
+        started = time.perf_counter()
+        incremental = vmsnap(folder, "snapshot", "create", "bench")
+        incr_s = time.perf_counter() - started
+        started = time.perf_counter()
+        vmsnap(folder, "rollback", "start", "bench", full["id"])
+        rollback_s = time.perf_counter() - started
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "cli", "--config", str(folder / "vmsnap.toml"), "down"],
+            capture_output=True,
+            check=False,
+        )
+    return {
+        "full_s": full_s,
+        "full_stored": stored(full),
+        "incr_s": incr_s,
+        "incr_stored": stored(incremental),
+        "rollback_s": rollback_s,
+        "p99_idle_us": p99(idle),
+        "p99_during_us": p99(during),
+        "probes_during": len(during),
+    }
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
+
+
+def run_restic(work: Path, image: Path, changes: list[tuple[int, bytes]]) -> dict[str, float]:
+    repo, env = work / "restic", {**os.environ, "RESTIC_PASSWORD": "bench"}
+    cache = ["--cache-dir", str(work / "restic-cache")]
+
+    def restic(*args: str) -> float:
+        started = time.perf_counter()
+        subprocess.run(
+            ["restic", *cache, "--repo", str(repo), *args], env=env, check=True, capture_output=True
+        )
+        return time.perf_counter() - started
+
+    restic("init")
+    full_s = restic("backup", str(image))
+    full_stored = du(repo)
+    with image.open("r+b") as out:
+        for offset, data in changes:
+            out.seek(offset)
+            out.write(data)
+    incr_s = restic("backup", str(image))
+    incr_stored = du(repo) - full_stored
+    restore_s = restic("restore", "latest", "--target", str(work / "restored"))
+    return {
+        "full_s": full_s,
+        "full_stored": full_stored,
+        "incr_s": incr_s,
+        "incr_stored": incr_stored,
+        "restore_s": restore_s,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=2048)
+    parser.add_argument("--fraction", type=float, default=0.01)
+    args = parser.parse_args()
+    if shutil.which("restic") is None or shutil.which("qemu-img") is None:
+        raise SystemExit("restic and qemu-img are needed (Debian packages restic, qemu-utils)")
+    size = args.size_mib * MiB
+    work = Path(tempfile.mkdtemp(prefix="vmsnap-snapbench-"))
+    try:
+        image = work / "disk.raw"
+        make_image(image, size)
+        changes = rewrites(size, args.fraction)
+        ours = run_vmsnap(work, image, size, changes)
+        ref = run_restic(work, image, changes)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    rows = [
+        ("full snapshot (s)", ours["full_s"], ref["full_s"], "<= 0.5"),
+        ("full stored (MiB)", ours["full_stored"] / MiB, ref["full_stored"] / MiB, ""),
+        (
+            f"incremental after {args.fraction:.0%} rewritten (s)",
+            ours["incr_s"],
+            ref["incr_s"],
+            "<= 0.05",
+        ),
+        (
+            "incremental stored growth (MiB)",
+            ours["incr_stored"] / MiB,
+            ref["incr_stored"] / MiB,
+            "<= 0.25",
+        ),
+        ("normal rollback / restic restore (s)", ours["rollback_s"], ref["restore_s"], ""),
+    ]
+    print(f"disk {args.size_mib} MiB (40% zero, 30% text, 30% random); vmsnap R=2, restic 1 copy")
+    print(f"{'figure':44} {'vmsnap':>10} {'restic':>10} {'ratio':>7} {'goal':>7}")
+    for label, mine, theirs, goal in rows:
+        print(f"{label:44} {mine:10.2f} {theirs:10.2f} {mine / theirs:7.3f} {goal:>7}")
+    ratio = ours["p99_during_us"] / ours["p99_idle_us"]
+    print(
+        f"{'NBD 4K write p99 idle / during snapshot (us)':44} {ours['p99_idle_us']:10.0f} "
+        f"{ours['p99_during_us']:10.0f} {ratio:7.2f} {'<= 1.5':>7}"
+    )
+    print(f"(latency probes during the snapshot: {ours['probes_during']})")
+
+
+if __name__ == "__main__":
+    main()

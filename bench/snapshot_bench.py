@@ -4,7 +4,8 @@ On a generated disk (1 MiB extents: 40% zero, 30% text-like, 30% random), on
 `vmsnap up`'s default network, in one run:
 - full snapshot seconds and stored bytes (one copy; the cluster keeps R=2);
 - NBD random 4 KiB write latency p99 on another VM's disk of the same business
-  node, idle and while the full snapshot runs;
+  node (one write every 2 ms, as a VM doing light I/O), idle and while the full
+  snapshot runs;
 - 1% of the 4 KiB blocks rewritten at random, then an incremental snapshot:
   seconds and stored growth;
 - normal rollback to the full snapshot: seconds;
@@ -72,6 +73,9 @@ def nbd_port(url: str) -> int:
     return int(url.split(":")[2].split("/")[0])
 
 
+PACE = 0.002
+
+
 def latencies(
     port: int, export: str, size: int, count: int, stop: threading.Event | None
 ) -> list[float]:
@@ -86,6 +90,7 @@ def latencies(
             started = time.perf_counter_ns()
             client.write(rng.randrange(size // BLOCK) * BLOCK, block, handle)
             found.append((time.perf_counter_ns() - started) / 1000)
+            time.sleep(PACE)
     finally:
         client.close()
     return found

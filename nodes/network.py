@@ -15,7 +15,7 @@ from nodes.client import call_sync
 from nodes.config import Config
 from nodes.errors import NetworkNotRunning, NodeError
 from nodes.peers import node_names
-from nodes.runfile import RunFile
+from nodes.runfile import RunFile, process_alive
 
 STOP_TIMEOUT = 15.0
 
@@ -60,7 +60,7 @@ def down(config: Config) -> list[str]:
     runs: list[RunFile] = []
     for path in sorted(config.run_dir.glob("*.json")):
         run = RunFile.read(path)
-        if run is not None and _pid_alive(run.pid):
+        if run is not None and process_alive(run.pid):
             runs.append(run)
         else:
             path.unlink(missing_ok=True)
@@ -89,7 +89,7 @@ def status(config: Config) -> list[dict[str, Any]]:
             "pid": None,
             "detail": {},
         }
-        if run is not None and _pid_alive(run.pid):
+        if run is not None and process_alive(run.pid):
             row.update(host=run.host, port=run.port, pid=run.pid)
             try:
                 row["detail"] = call_sync(
@@ -111,14 +111,14 @@ def status(config: Config) -> list[dict[str, Any]]:
 def controller(config: Config) -> RunFile:
     """The running controller's run file; NetworkNotRunning if there is none."""
     run = RunFile.read(config.run_dir / "controller.json")
-    if run is None or not _pid_alive(run.pid):
+    if run is None or not process_alive(run.pid):
         raise NetworkNotRunning()
     return run
 
 
 def _alive(config: Config, name: str) -> RunFile | None:
     run = RunFile.read(config.run_dir / f"{name}.json")
-    if run is not None and _pid_alive(run.pid):
+    if run is not None and process_alive(run.pid):
         return run
     return None
 
@@ -178,26 +178,8 @@ def _exited(pid: int) -> bool:
     try:
         done, _status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        return not _pid_alive(pid)
+        return not process_alive(pid)
     return done == pid
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not _is_zombie(pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with Path(f"/proc/{pid}/stat").open() as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -211,7 +193,7 @@ def _terminate(pid: int) -> None:
     _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT
     while time.monotonic() < deadline:
-        if _exited(pid) or not _pid_alive(pid):
+        if _exited(pid) or not process_alive(pid):
             return
         time.sleep(0.05)
     try:

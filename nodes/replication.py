@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 
 import blake3
 
-from nodes.errors import ChunkMissing, NodeError
+from nodes.errors import ChunkMissing, NodeError, NodeUnreachable
 from nodes.peers import Peers
+from nodes.runfile import process_alive
 
 PAGE = 4096
 GET_BATCH = 64
@@ -45,6 +46,7 @@ class BackupCluster:
         self.peers = peers
         self.nodes = list(nodes)
         self.replicas = replicas
+        self.down: set[str] = set()
 
     def placement(self, chunk_id: bytes) -> list[str]:
         """The nodes that should hold `chunk_id`."""
@@ -54,19 +56,33 @@ class BackupCluster:
         """For each id, the nodes it should be on (reachable ones first) that lack it."""
         wanted: dict[str, list[bytes]] = defaultdict(list)
         for chunk_id in ids:
-            for node in self._targets(chunk_id):
+            targets = self._targets(chunk_id)
+            if len(targets) < self.replicas:
+                raise NodeUnreachable(
+                    "backup cluster", "-", f"fewer than {self.replicas} backup nodes are up"
+                )
+            for node in targets:
                 wanted[node].append(chunk_id)
         answers = await asyncio.gather(
-            *(
-                self.peers.call(node, "chunk.has_many", {"ids": asked})
-                for node, asked in wanted.items()
-            )
+            *(self.peers.call(n, "chunk.has_many", {"ids": a}) for n, a in wanted.items()),
+            return_exceptions=True,
         )
         lacking: dict[bytes, list[str]] = {}
+        retry: list[bytes] = []
         for (node, asked), answer in zip(wanted.items(), answers, strict=True):
+            if isinstance(answer, NodeUnreachable):
+                self.down.add(node)
+                retry.extend(asked)
+                continue
+            if isinstance(answer, BaseException):
+                raise answer
             for chunk_id, present in zip(asked, answer["present"], strict=True):
                 if not present:
                     lacking.setdefault(chunk_id, []).append(node)
+        if retry:
+            again = await self.missing(list(dict.fromkeys(retry)))
+            for chunk_id, nodes in again.items():
+                lacking[chunk_id] = sorted(set(lacking.get(chunk_id, [])) | set(nodes))
         return lacking
 
     def _targets(self, chunk_id: bytes) -> list[str]:
@@ -76,27 +92,60 @@ class BackupCluster:
         return alive[: self.replicas]
 
     def _alive(self, node: str) -> bool:
+        if node in self.down:
+            return False
         try:
-            self.peers.runfile(node)
+            run = self.peers.runfile(node)
         except NodeError:
             return False
-        return True
+        return process_alive(run.pid)
 
     async def put(self, blobs: dict[bytes, bytes], targets: dict[bytes, list[str]]) -> int:
-        """Store each blob on its target nodes; return the number of copies written."""
+        """Store each blob on its target nodes; return the number of copies written.
+
+        A node that fails mid-way is marked down and its copies go to the next
+        live nodes in placement order, once; with fewer live nodes than R the
+        put fails.
+        """
+        written, failed = await self._put_round(blobs, targets)
+        if failed:
+            retry: dict[bytes, list[str]] = {}
+            for chunk_id, node in failed:
+                placed = {n for n in targets[chunk_id] if n != node}
+                spare = [n for n in self._targets(chunk_id) if n not in placed]
+                if not spare:
+                    raise NodeUnreachable(node, "-", "too few backup nodes left for R copies")
+                retry.setdefault(chunk_id, []).append(spare[0])
+            more, still = await self._put_round(blobs, retry)
+            if still:
+                raise NodeUnreachable(still[0][1], "-", "a second backup node failed during a put")
+            written += more
+        return written
+
+    async def _put_round(
+        self, blobs: dict[bytes, bytes], targets: dict[bytes, list[str]]
+    ) -> tuple[int, list[tuple[bytes, str]]]:
         per_node: dict[str, list[list[bytes]]] = defaultdict(list)
         for chunk_id, nodes in targets.items():
             for node in nodes:
                 per_node[node].append([chunk_id, blobs[chunk_id]])
-        counts = await asyncio.gather(*(self._put_node(n, items) for n, items in per_node.items()))
-        return sum(counts)
+        results = await asyncio.gather(*(self._put_node(n, items) for n, items in per_node.items()))
+        written = sum(count for count, _failed in results)
+        failed = [pair for _count, lost in results for pair in lost]
+        return written, failed
 
-    async def _put_node(self, node: str, items: list[list[bytes]]) -> int:
+    async def _put_node(
+        self, node: str, items: list[list[bytes]]
+    ) -> tuple[int, list[tuple[bytes, str]]]:
         written = 0
         for batch in _batches(items):
-            await self.peers.call(node, "chunk.put_many", {"items": batch})
+            try:
+                await self.peers.call(node, "chunk.put_many", {"items": batch})
+            except NodeUnreachable:
+                self.down.add(node)
+                return written, [(item[0], node) for item in items[written:]]
             written += len(batch)
-        return written
+        return written, []
 
     async def get(self, ids: Sequence[bytes]) -> dict[bytes, bytes]:
         """Fetch each chunk from its first reachable replica; fall back to the others."""

@@ -40,3 +40,22 @@ class RunFile:
         path = folder / f"{self.name}.json"
         Path(tmp).replace(path)
         return path
+
+
+def process_alive(pid: int) -> bool:
+    """True when process `pid` runs (a zombie does not count)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with Path(f"/proc/{pid}/stat").open() as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False

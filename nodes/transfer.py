@@ -77,6 +77,7 @@ class Pipeline:
     async def run(self, source: Source, since: int | None = None) -> TransferStats:
         """Process the chunks of `source` changed after generation `since` (default: the base)."""
         started = time.monotonic()
+        self.cluster.down.clear()
         stats = TransferStats()
         queue: asyncio.Queue[list[tuple[int, bytes]] | None] = asyncio.Queue(IN_FLIGHT)
         self.progress[source.view] = 0

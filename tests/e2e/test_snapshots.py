@@ -39,8 +39,10 @@ def _url(net: Deployment) -> str:
     return str(net.ok("disk", "url", "db-01", "root").stdout.strip())
 
 
-def _export(net: Deployment, target: Path, snapshot: str | None = None) -> bytes:
-    args = ["disk", "export", "db-01", "root", str(target), "--force"]
+def _export(net: Deployment, target: Path, snapshot: str | None = None, vm: str = "db-01") -> bytes:
+    if snapshot:
+        vm = next(s["vm"] for s in net.json("snapshot", "list") if s["id"] == snapshot)
+    args = ["disk", "export", vm, "root", str(target), "--force"]
     if snapshot:
         args += ["--snapshot", snapshot]
     net.ok(*args)
@@ -278,3 +280,41 @@ def test_gc_after_deleting_everything_leaves_no_chunk_of_that_vm(
     assert report["referenced"] == 0
     assert _all_chunks(net) == set()
     assert net.json("ledger", "verify")["ok"] is True
+
+
+@pytest.mark.parametrize("victim", ["backup-2", "transfer-1"])
+def test_kill_9_of_a_data_node_mid_snapshot_finishes_or_undoes_it(
+    net: Deployment, tmp_path: Path, victim: str
+) -> None:
+    name = f"crash-{victim}"
+    net.ok("vm", "register", name, "--ip", "10.0.0.40", "--disk", "system:root:64M")
+    image = tmp_path / "crash.raw"
+    image.write_bytes(random.Random(len(victim)).randbytes(48 * MiB))
+    net.ok("disk", "import", name, "root", str(image))
+    snapshot = subprocess.Popen(
+        [os.sys.executable, "-m", "cli", "--config", str(net.config), "snapshot", "create", name],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if any(s["status"] == "pending" for s in net.json("snapshot", "list", name)):
+            break
+        time.sleep(0.02)
+    time.sleep(0.3)
+    _kill(net, victim)
+    snapshot.communicate(timeout=120)
+    (outcome,) = net.json("snapshot", "list", name)
+    assert outcome["status"] in {"committed", "failed"}
+    if victim.startswith("backup"):
+        assert outcome["status"] == "committed", "R copies still fit on the two live nodes"
+    net.ok("up")
+    if victim.startswith("backup"):
+        net.json("backup", "repair")
+    for snap in net.json("snapshot", "list"):
+        if snap["status"] == "committed":
+            assert net.json("snapshot", "verify", snap["id"])["ok"] is True
+    again = net.json("snapshot", "create", name)
+    assert again["status"] == "committed"
+    assert _export(net, tmp_path / "again.raw", again["id"])[: 48 * MiB] == image.read_bytes()

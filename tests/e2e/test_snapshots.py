@@ -318,3 +318,26 @@ def test_kill_9_of_a_data_node_mid_snapshot_finishes_or_undoes_it(
     again = net.json("snapshot", "create", name)
     assert again["status"] == "committed"
     assert _export(net, tmp_path / "again.raw", again["id"])[: 48 * MiB] == image.read_bytes()
+
+
+def test_snapshot_verify_fails_when_a_manifest_is_altered_on_every_replica(
+    net: Deployment, tmp_path: Path
+) -> None:
+    net.ok("vm", "register", "mani-01", "--ip", "10.0.0.41", "--disk", "system:root:4M")
+    image = tmp_path / "m.raw"
+    image.write_bytes(random.Random(41).randbytes(MiB))
+    net.ok("disk", "import", "mani-01", "root", str(image))
+    snap = net.json("snapshot", "create", "mani-01")
+    manifest_id = bytes.fromhex(snap["disk_details"][0]["manifest"])
+    altered = 0
+    for pack in (net.root / "data" / "nodes").glob("backup-*/chunks/packs/*.pack"):
+        data = bytearray(pack.read_bytes())
+        at = data.find(b"VCR1" + manifest_id)
+        if at >= 0:
+            data[at + 4 + 32 + 4 + 32 + 1] ^= 0x01
+            pack.write_bytes(bytes(data))
+            altered += 1
+    assert altered == 2
+    result = net.run("snapshot", "verify", snap["id"])
+    assert result.exit_code == 6
+    assert "manifest unreadable" in result.output

@@ -44,6 +44,17 @@ class Event:
         raise NotImplementedError
 
 
+class OnVmStream:
+    """Mixin of events that belong to a VM: they live on the VM's stream."""
+
+    vm: str
+
+    @property
+    def stream(self) -> str:
+        """The stream of the event's VM."""
+        return vm_stream(self.vm)
+
+
 @dataclass(frozen=True)
 class Disk:
     """A VM disk: its role (system or data), resource id and size in bytes."""
@@ -68,7 +79,7 @@ class LedgerOpened(Event):
 
 
 @dataclass(frozen=True)
-class VmRegistered(Event):
+class VmRegistered(OnVmStream, Event):
     """A VM was registered: its type, host name, LAN address and disks."""
 
     vm: str
@@ -76,14 +87,9 @@ class VmRegistered(Event):
     ip: str
     disks: tuple[Disk, ...]
 
-    @property
-    def stream(self) -> str:
-        """Each VM has its own stream."""
-        return vm_stream(self.vm)
-
 
 @dataclass(frozen=True)
-class DiskPlaced(Event):
+class DiskPlaced(OnVmStream, Event):
     """A VM disk became a volume on a business node, with its chunk size."""
 
     vm: str
@@ -91,14 +97,9 @@ class DiskPlaced(Event):
     node: str
     chunk_size: int
 
-    @property
-    def stream(self) -> str:
-        """A disk's facts live on its VM's stream."""
-        return vm_stream(self.vm)
-
 
 @dataclass(frozen=True)
-class SnapshotRequested(Event):
+class SnapshotRequested(OnVmStream, Event):
     """A snapshot of some of a VM's disks was asked for (its parent: the VM's last one)."""
 
     snapshot: str
@@ -106,24 +107,14 @@ class SnapshotRequested(Event):
     disks: tuple[str, ...]
     parent: str | None
 
-    @property
-    def stream(self) -> str:
-        """A snapshot's facts live on its VM's stream."""
-        return vm_stream(self.vm)
-
 
 @dataclass(frozen=True)
-class InitialSnapshotTaken(Event):
+class InitialSnapshotTaken(OnVmStream, Event):
     """Every disk was frozen on its business node (the seed's initial snapshot)."""
 
     snapshot: str
     vm: str
     generations: tuple[int, ...]
-
-    @property
-    def stream(self) -> str:
-        """A snapshot's facts live on its VM's stream."""
-        return vm_stream(self.vm)
 
 
 @dataclass(frozen=True)
@@ -144,7 +135,7 @@ class SnapshotDisk:
 
 
 @dataclass(frozen=True)
-class TargetProcessed(Event):
+class TargetProcessed(OnVmStream, Event):
     """The transfer node turned the initial snapshot into chunks and manifests on R nodes."""
 
     snapshot: str
@@ -152,93 +143,58 @@ class TargetProcessed(Event):
     node: str
     disks: tuple[SnapshotDisk, ...]
 
-    @property
-    def stream(self) -> str:
-        """A snapshot's facts live on its VM's stream."""
-        return vm_stream(self.vm)
-
 
 @dataclass(frozen=True)
-class SnapshotCommitted(Event):
+class SnapshotCommitted(OnVmStream, Event):
     """The snapshot's Merkle root is on chain: the target snapshot is complete."""
 
     snapshot: str
     vm: str
     root: str
 
-    @property
-    def stream(self) -> str:
-        """A snapshot's facts live on its VM's stream."""
-        return vm_stream(self.vm)
-
 
 @dataclass(frozen=True)
-class InitialSnapshotReleased(Event):
+class InitialSnapshotReleased(OnVmStream, Event):
     """The business node released the frozen views; dirty tracking counts from them."""
 
     snapshot: str
     vm: str
 
-    @property
-    def stream(self) -> str:
-        """A snapshot's facts live on its VM's stream."""
-        return vm_stream(self.vm)
-
 
 @dataclass(frozen=True)
-class SnapshotFailed(Event):
+class SnapshotFailed(OnVmStream, Event):
     """A snapshot was abandoned and undone; its reason says why."""
 
     snapshot: str
     vm: str
     reason: str
 
-    @property
-    def stream(self) -> str:
-        """A snapshot's facts live on its VM's stream."""
-        return vm_stream(self.vm)
-
 
 @dataclass(frozen=True)
-class InitialSnapshotDeleted(Event):
+class InitialSnapshotDeleted(OnVmStream, Event):
     """Delete, step 1: the initial snapshot is gone from business storage."""
 
     snapshot: str
     vm: str
     views_released: int
 
-    @property
-    def stream(self) -> str:
-        """A snapshot's facts live on its VM's stream."""
-        return vm_stream(self.vm)
-
 
 @dataclass(frozen=True)
-class TargetStagingDeleted(Event):
+class TargetStagingDeleted(OnVmStream, Event):
     """Delete, step 2: the transfer node holds nothing of the snapshot any more."""
 
     snapshot: str
     vm: str
     node: str
 
-    @property
-    def stream(self) -> str:
-        """A snapshot's facts live on its VM's stream."""
-        return vm_stream(self.vm)
-
 
 @dataclass(frozen=True)
-class TargetSnapshotDeleted(Event):
+class TargetSnapshotDeleted(OnVmStream, Event):
     """Delete, step 3: the target snapshot left the backup cluster (its manifests unreferenced)."""
 
     snapshot: str
     vm: str
     reason: str
-
-    @property
-    def stream(self) -> str:
-        """A snapshot's facts live on its VM's stream."""
-        return vm_stream(self.vm)
 
 
 @dataclass(frozen=True)
@@ -256,7 +212,7 @@ class GarbageCollected(Event):
 
 
 @dataclass(frozen=True)
-class RollbackStarted(Event):
+class RollbackStarted(OnVmStream, Event):
     """A rollback of a VM to one of its snapshots began (the VM is being stopped)."""
 
     rollback: str
@@ -264,14 +220,9 @@ class RollbackStarted(Event):
     snapshot: str
     mode: str
 
-    @property
-    def stream(self) -> str:
-        """A rollback's facts live on its VM's stream."""
-        return vm_stream(self.vm)
-
 
 @dataclass(frozen=True)
-class RollbackFinished(Event):
+class RollbackFinished(OnVmStream, Event):
     """The VM's disks equal the snapshot again and the VM was restarted."""
 
     rollback: str
@@ -281,11 +232,6 @@ class RollbackFinished(Event):
     chunks_restored: int
     bytes_restored: int
     seconds: float
-
-    @property
-    def stream(self) -> str:
-        """A rollback's facts live on its VM's stream."""
-        return vm_stream(self.vm)
 
 
 EVENT_TYPES: dict[str, type[Event]] = {

@@ -5,7 +5,7 @@ from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from ledger.errors import InputError
@@ -278,7 +278,11 @@ INSTANTS = st.datetimes(datetime(2000, 1, 1), datetime(2060, 1, 1), timezones=st
 def test_next_after_is_later_and_is_the_only_run_up_to_itself(
     text: str, tz: str, anchor: datetime, instant: datetime
 ) -> None:
-    schedule = parse_schedule(text, tz, anchor=anchor)
+    try:
+        schedule = parse_schedule(text, tz, anchor=anchor)
+    except InputError as refused:
+        assert "never occurs" in refused.message, refused.message
+        assume(False)
     upcoming = schedule.next_after(instant)
     assert upcoming > instant
     assert upcoming.tzinfo is UTC

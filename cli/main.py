@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from cli import backup, deployment, disk, ledger, node, rollback, snapshot, vm
+from cli import backup, deployment, disk, ledger, node, retention, rollback, snapshot, vm
 from cli.render import err
 from cli.state import AppState
 from ledger.errors import VmsnapError
@@ -50,6 +50,7 @@ app.add_typer(vm.app, name="vm")
 app.add_typer(disk.app, name="disk")
 app.add_typer(snapshot.app, name="snapshot")
 app.add_typer(rollback.app, name="rollback")
+app.add_typer(retention.app, name="retention")
 app.add_typer(backup.app, name="backup")
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(node.app, name="node")

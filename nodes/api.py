@@ -139,6 +139,13 @@ class ControllerApi:
         """Rollbacks, optionally of one VM."""
         return list(self._call("rollback.list", {} if vm is None else {"vm": vm})["rollbacks"])
 
+    def apply_retention(self, vm: str, rules: dict[str, Any], dry_run: bool) -> dict[str, Any]:
+        """Apply keep-* rules to a VM's snapshots (or show what they would do)."""
+        run = controller(self.config)
+        return call_sync(run.host, run.port, self.config.secret(), "retention.apply",
+                         {"vm": vm, **rules, "dry_run": dry_run}, peer=run.name,
+                         timeout=SNAPSHOT_TIMEOUT)
+
     def vms(self) -> list[dict[str, Any]]:
         """Every registered VM."""
         return list(self._call("vm.list")["vms"])

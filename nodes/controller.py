@@ -25,6 +25,7 @@ from nodes.peers import Peers, node_names
 from nodes.placement import Placement
 from nodes.replication import BackupCluster
 from nodes.request_args import maps, text
+from nodes.retention_run import Retention, policy_from, zone
 from nodes.rollback import Rollbacks
 from nodes.snapshot_audit import verify_snapshot
 from nodes.snapshots import Snapshots
@@ -59,6 +60,7 @@ class Controller:
         self.deletion = Deletion(
             ledger, self.snapshots, self.cluster, self.codec, self.snapshots.gate, self._run
         )
+        self.retention = Retention(ledger, self.deletion, self._run)
         driver = open_driver(VmDriverSettings(**dataclasses.asdict(config.vm_driver)))
         self.rollbacks = Rollbacks(ledger, self.snapshots, driver, self._run)
         self._recovered = False
@@ -98,6 +100,7 @@ class Controller:
             "snapshot.delete": self.delete_snapshot,
             "backup.gc": self.collect_garbage,
             "rollback.start": self.start_rollback,
+            "retention.apply": self.apply_retention,
             "rollback.list": self.list_rollbacks,
             "ledger.log": self.ledger_log,
             "ledger.head": self.ledger_head,
@@ -209,6 +212,16 @@ class Controller:
     async def collect_garbage(self, args: dict[str, Any]) -> dict[str, Any]:
         """Remove chunks no live snapshot references."""
         return await self.deletion.collect()
+
+    async def apply_retention(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Apply keep-* rules to a VM's snapshots (or only show what they would do)."""
+        vm = text(args, "vm")
+        if await self._run(self.ledger.projection.vm, vm) is None:
+            raise UnknownVm(vm)
+        policy = policy_from(args)
+        tz = zone(str(args.get("tz") or "UTC"))
+        await self._recover()
+        return await self.retention.apply(vm, policy, tz, bool(args.get("dry_run", False)))
 
     async def start_rollback(self, args: dict[str, Any]) -> dict[str, Any]:
         """Roll a VM back to a snapshot (normal rollback)."""

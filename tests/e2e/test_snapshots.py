@@ -341,3 +341,30 @@ def test_snapshot_verify_fails_when_a_manifest_is_altered_on_every_replica(
     result = net.run("snapshot", "verify", snap["id"])
     assert result.exit_code == 6
     assert "manifest unreadable" in result.output
+
+
+def test_retention_keep_last_deletes_the_oldest_through_the_delete_workflow(
+    net: Deployment, tmp_path: Path
+) -> None:
+    net.ok("vm", "register", "keep-01", "--ip", "10.0.0.42", "--disk", "system:root:4M")
+    url = str(net.ok("disk", "url", "keep-01", "root").stdout.strip())
+    taken = []
+    for i in range(4):
+        qemu_io(url, f"write -P {i + 1} {i * 64}k 64k", "flush")
+        taken.append(net.json("snapshot", "create", "keep-01")["id"])
+    preview = net.json("retention", "apply", "keep-01", "--keep-last", "3", "--dry-run")
+    assert preview["deleted"] == []
+    assert [d["id"] for d in preview["decisions"] if not d["keep"]] == [taken[0]]
+    assert {s["status"] for s in net.json("snapshot", "list", "keep-01")} == {"committed"}
+    applied = net.json("retention", "apply", "keep-01", "--keep-last", "3")
+    assert applied["deleted"] == [taken[0]]
+    statuses = {s["id"]: s["status"] for s in net.json("snapshot", "list", "keep-01")}
+    assert statuses == {taken[0]: "deleted", **{sid: "committed" for sid in taken[1:]}}
+    log = net.json("ledger", "log", "--vm", "keep-01")
+    reasons = [e["fields"]["reason"] for e in log if e["type"] == "TargetSnapshotDeleted"]
+    assert reasons == ["retention: beyond keep-last 3"]
+    for sid in taken[1:]:
+        assert net.json("snapshot", "verify", sid)["ok"] is True
+    bad = net.run("retention", "apply", "keep-01", "--keep-within", "3x")
+    assert bad.exit_code == 2
+    assert bad.output.count("\n") == 1

@@ -142,9 +142,15 @@ class ControllerApi:
     def apply_retention(self, vm: str, rules: dict[str, Any], dry_run: bool) -> dict[str, Any]:
         """Apply keep-* rules to a VM's snapshots (or show what they would do)."""
         run = controller(self.config)
-        return call_sync(run.host, run.port, self.config.secret(), "retention.apply",
-                         {"vm": vm, **rules, "dry_run": dry_run}, peer=run.name,
-                         timeout=SNAPSHOT_TIMEOUT)
+        return call_sync(
+            run.host,
+            run.port,
+            self.config.secret(),
+            "retention.apply",
+            {"vm": vm, **rules, "dry_run": dry_run},
+            peer=run.name,
+            timeout=SNAPSHOT_TIMEOUT,
+        )
 
     def vms(self) -> list[dict[str, Any]]:
         """Every registered VM."""

@@ -60,3 +60,5 @@ def apply(
     )
     if result["gc"]:
         out.print(f"garbage collection removed {result['gc']['chunks']} chunks")
+    if result.get("gc_error"):
+        out.print(result["gc_error"], markup=False)

@@ -193,6 +193,8 @@ def delete(
         emit_json(result)
         return
     out.print(f"deleted snapshot {result['snapshot'][:12]} of {result['vm']}")
+    if result.get("gc_error"):
+        out.print(result["gc_error"], markup=False)
     gc = result.get("gc")
     if gc:
         out.print(

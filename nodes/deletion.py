@@ -8,7 +8,7 @@ from typing import Any
 
 from ledger import events
 from ledger.contract import Entry, Fact, SnapshotStatus
-from ledger.errors import Conflict
+from ledger.errors import Conflict, VmsnapError
 from ledger.service import Ledger
 from nodes.chunks import ChunkCodec
 from nodes.gc import DataGate, collect
@@ -81,8 +81,15 @@ class Deletion:
         )
         result: dict[str, Any] = {"snapshot": snapshot, "vm": vm, "views_released": released}
         if gc:
-            result["gc"] = await self.collect()
+            result.update(await self.collect_reporting())
         return result
+
+    async def collect_reporting(self) -> dict[str, Any]:
+        """Collect garbage; a failed collection is reported, not raised (the deletion stands)."""
+        try:
+            return {"gc": await self.collect()}
+        except VmsnapError as err:
+            return {"gc": None, "gc_error": f"garbage collection skipped: {err}"}
 
     async def collect(self) -> dict[str, Any]:
         """Remove unreferenced chunks from the backup cluster and record it."""

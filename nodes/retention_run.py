@@ -73,12 +73,12 @@ class Retention:
                     reason = "retention: " + "; ".join(decision.reasons)
                     await self.deletion.delete(decision.id, reason=reason, gc=False)
                     deleted.append(decision.id)
-        gc = await self.deletion.collect() if deleted else None
+        collected = await self.deletion.collect_reporting() if deleted else {"gc": None}
         return {
             "vm": vm,
             "dry_run": dry_run,
             "deleted": deleted,
-            "gc": gc,
+            **collected,
             "decisions": [
                 {"id": d.id, "keep": d.keep, "reasons": list(d.reasons)} for d in decisions
             ],

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from cli.render import emit_json, err, out
+from cli.render import count_progress, emit_json, out
 from cli.state import state
 from nodes import disk_io, maintenance
 from nodes.api import ControllerApi
@@ -16,23 +15,11 @@ app = typer.Typer(no_args_is_help=True, help="Scrub and repair the backup cluste
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
-def _bar() -> Progress:
-    return Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    )
-
-
 @app.command()
 def scrub(ctx: typer.Context, json: JsonOption = False) -> None:
     """Re-hash every stored copy; damaged copies are quarantined and repaired from replicas."""
     config = state(ctx).config()
-    with _bar() as bar:
+    with count_progress() as bar:
         task = bar.add_task("scrub", total=None)
         summary = disk_io.run(
             maintenance.scrub(
@@ -57,7 +44,7 @@ def scrub(ctx: typer.Context, json: JsonOption = False) -> None:
 def repair(ctx: typer.Context, json: JsonOption = False) -> None:
     """Bring every chunk back to R copies (after a node was lost or replaced)."""
     config = state(ctx).config()
-    with _bar() as bar:
+    with count_progress() as bar:
         task = bar.add_task("repair", total=None)
         report = disk_io.run(
             maintenance.repair(

@@ -6,15 +6,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
-from cli.render import emit_json, err, out
+from cli.render import byte_progress, emit_json, out
 from cli.state import state
 from ledger.errors import InputError
 from nodes import disk_io
@@ -35,19 +28,6 @@ def _snapshot_disk(snap: dict[str, Any], vm: str, resource_id: str) -> dict[str,
         if disk["resource_id"] == resource_id:
             return dict(disk)
     raise InputError(f"snapshot {snap['id'][:12]} does not include disk {resource_id!r}")
-
-
-def _bar() -> Progress:
-    return Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    )
 
 
 @app.command()
@@ -75,7 +55,7 @@ def import_image(
     disk = ControllerApi(config).locate_disk(vm, resource_id)
     disk_io.check_fits(image, size, disk)
     if fmt == "raw":
-        with _bar() as bar:
+        with byte_progress() as bar:
             task = bar.add_task(f"import {image.name}", total=size)
             result = disk_io.run(
                 disk_io.import_raw(config, disk, image, lambda n: bar.advance(task, n))
@@ -120,7 +100,7 @@ def export_image(
     else:
         disk = api.locate_disk(vm, resource_id)
         export = disk_io.export_raw
-    with _bar() as bar:
+    with byte_progress() as bar:
         task = bar.add_task(f"export {vm}/{resource_id}", total=disk["size"])
         result = disk_io.run(export(config, disk, target, lambda n: bar.advance(task, n)))
     if json:

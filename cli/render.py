@@ -9,6 +9,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 _WIDTH = None if sys.stdout.isatty() else 160
@@ -39,3 +47,30 @@ def when(at_ms: int) -> str:
 def short(hex_text: str, keep: int = 10) -> str:
     """Shorten a 0x hash for a table."""
     return hex_text if len(hex_text) <= keep + 4 else f"{hex_text[:keep]}…"
+
+
+def byte_progress(quiet: bool = False) -> Progress:
+    """A progress bar of bytes, rate and ETA on stderr (silent off a terminal or when quiet)."""
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=quiet or not err.is_terminal,
+    )
+
+
+def count_progress() -> Progress:
+    """A progress bar of items done out of a total, on stderr."""
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )

@@ -5,15 +5,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
-from cli.render import emit_json, err, out, short, table, when
+from cli.render import byte_progress, emit_json, out, short, table, when
 from cli.state import state
 from ledger.errors import InputError, VmsnapError
 from ledger.sizes import format_size
@@ -48,16 +41,7 @@ def create(
 ) -> None:
     """Take a snapshot: frozen at once, processed into the backup cluster, committed on chain."""
     api = ControllerApi(state(ctx).config())
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=json or not err.is_terminal,
-    ) as bar:
+    with byte_progress(quiet=json) as bar:
         task = bar.add_task(f"snapshot {vm}", total=None)
         snap = api.create_snapshot(
             vm, disk or [], lambda done, total: bar.update(task, completed=done, total=total)

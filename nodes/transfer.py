@@ -288,7 +288,7 @@ class Transfer:
                 offset = i * manifest.chunk_size
                 length = min(manifest.chunk_size, manifest.size - offset)
                 if i in wanted:
-                    data = self.codec.decode(wanted[i], fetched[wanted[i]])
+                    data = await asyncio.to_thread(self.codec.decode, wanted[i], fetched[wanted[i]])
                     await self.peers.call(
                         node, "volume.write", {**target, "offset": offset, "data": data}
                     )

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 
-import pytest
+from tests.tools import require
 
 
 def tool(name: str) -> str:
     """The path of a qemu-utils tool, or skip (fail in CI) when it is missing."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is missing: .ci/run installs qemu-utils")
-        pytest.skip(f"{name} is not installed (Debian package qemu-utils)")
-    return path
+    return require(name, "Debian package qemu-utils")
 
 
 def qemu_io(url: str, *commands: str) -> subprocess.CompletedProcess[str]:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import signal
 import subprocess
 import threading
 import time
@@ -16,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.cli.conftest import Deployment, make_deployment
+from tests.e2e.processes import kill_node, runfile
 from tests.e2e.qemu import qemu_img, qemu_io, tool
 
 pytestmark = pytest.mark.slow
@@ -50,19 +49,11 @@ def _export(net: Deployment, target: Path, snapshot: str | None = None, vm: str 
 
 
 def _runfile(net: Deployment, node: str) -> dict[str, Any]:
-    return dict(json.loads((net.root / "data" / "run" / f"{node}.json").read_text()))
+    return runfile(net.root, node)
 
 
 def _kill(net: Deployment, node: str) -> None:
-    pid = int(_runfile(net, node)["pid"])
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
+    kill_node(net.root, node)
 
 
 def test_first_snapshot_is_full_and_equals_the_disk(net: Deployment, tmp_path: Path) -> None:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ from nodes.config import load_config
 from nodes.peers import Peers, node_names
 from nodes.replication import BackupCluster
 from tests.cli.conftest import Deployment, make_deployment
+from tests.e2e.processes import kill_node
 from tests.e2e.qemu import qemu_img, qemu_io
 
 pytestmark = pytest.mark.slow
@@ -212,16 +210,7 @@ def _backup_ids(net: Deployment) -> list[bytes]:
 
 
 def _kill(net: Deployment, node: str) -> None:
-    pid = int(_run(net)[node]["pid"])
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    (net.root / "data" / "run" / f"{node}.json").unlink(missing_ok=True)
+    kill_node(net.root, node, forget=True)
 
 
 def test_a_lost_backup_node_loses_nothing_and_repair_restores_r_copies(net: Deployment) -> None:

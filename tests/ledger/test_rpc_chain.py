@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -17,6 +16,7 @@ from ledger.chain import ChainSettings
 from ledger.contract import Entry
 from ledger.errors import ChainError, VersionConflict
 from ledger.service import Ledger, LedgerSettings
+from tests.tools import require
 
 ROOT = Path(__file__).resolve().parents[2]
 # anvil's first development account, funded on every fresh anvil chain.
@@ -36,11 +36,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def anvil_url() -> Iterator[str]:
-    binary = _anvil()
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("anvil is missing: make tools installs it (npm package @foundry-rs/anvil)")
-        pytest.skip("anvil is not installed: run make tools (npm package @foundry-rs/anvil)")
+    binary = require("anvil", "make tools installs npm package @foundry-rs/anvil", _anvil())
     port = _free_port()
     process = subprocess.Popen(
         [binary, "--host", "127.0.0.1", "--port", str(port), "--silent"],

@@ -3,7 +3,6 @@ import errno
 import json
 import logging
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 
 from nodes.blockdev import STATE_HOLE, STATE_ZERO, BlockDevice, Extent
 from nodes.nbd import NbdServer
+from tests.tools import require
 
 HOST = "127.0.0.1"
 MiB = 1 << 20
@@ -38,14 +38,8 @@ EPERM, EINVAL, ENOSPC = 1, 22, 28
 
 
 def require_tool(name: str) -> str:
-    """Return a tool's path; skip without it, but fail in CI where it must be installed."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (Debian package qemu-utils)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    """Return a qemu-utils tool's path; skip without it, but fail in CI."""
+    return require(name, "Debian package qemu-utils")
 
 
 class MemoryDevice:

@@ -3,7 +3,6 @@ import gc
 import json
 import os
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from nodes.vm_driver import (
     VmDriverSettings,
     open_driver,
 )
+from tests.tools import require
 
 VM = "web"
 QEMU = "qemu-system-x86_64"
@@ -50,14 +50,8 @@ def is_running(pid: int) -> bool:
 
 
 def require_qemu() -> str:
-    """Return QEMU's path; skip without it, but fail in CI where it must be installed."""
-    path = shutil.which(QEMU)
-    if path is None:
-        message = f"{QEMU} is not installed (Debian package qemu-system-x86)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    """Return QEMU's path; skip without it, but fail in CI."""
+    return require(QEMU, "Debian package qemu-system-x86")
 
 
 @pytest.fixture

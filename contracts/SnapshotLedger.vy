@@ -22,6 +22,7 @@ STATUS_PENDING: constant(uint8) = 1
 STATUS_COMMITTED: constant(uint8) = 2
 STATUS_FAILED: constant(uint8) = 3
 STATUS_DELETED: constant(uint8) = 4
+STATUS_RETIRED: constant(uint8) = 5
 
 
 struct Entry:
@@ -68,6 +69,9 @@ head: public(bytes32)
 stream_version: public(HashMap[bytes32, uint256])
 live_snapshots: public(HashMap[bytes32, uint256])
 latest_snapshot: public(HashMap[bytes32, bytes32])
+committed_total: public(HashMap[bytes32, uint256])
+retired_count: public(HashMap[bytes32, uint256])
+retired: public(HashMap[bytes32, HashMap[uint256, bytes32]])
 _snapshots: HashMap[bytes32, Snapshot]
 
 
@@ -157,14 +161,20 @@ def _record(vm: bytes32, subject: bytes32, root: bytes32, status: uint8, seq: ui
         record.previous = self.latest_snapshot[vm]
         self.latest_snapshot[vm] = subject
         self.live_snapshots[vm] += 1
+        self.committed_total[vm] += 1
     elif status == STATUS_FAILED:
         assert record.status == STATUS_PENDING, "snapshot not pending"
-    elif status == STATUS_DELETED:
+    elif status == STATUS_DELETED or status == STATUS_RETIRED:
         assert self.roles[msg.sender] & ROLE_DELETER != 0, "not allowed to delete"
         assert record.status == STATUS_COMMITTED, "snapshot not committed"
         self.live_snapshots[vm] -= 1
         if self.latest_snapshot[vm] == subject:
             self.latest_snapshot[vm] = self._previous_live(record.previous)
+        if status == STATUS_RETIRED:
+            # Deleted by a retention rule: listed per VM, in order, for auditors.
+            index: uint256 = self.retired_count[vm]
+            self.retired[vm][index] = subject
+            self.retired_count[vm] = index + 1
     else:
         raise "unknown status"
     record.vm = vm

@@ -47,6 +47,7 @@ class SnapshotStatus(enum.IntEnum):
     COMMITTED = 2
     FAILED = 3
     DELETED = 4
+    RETIRED = 5
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,16 @@ class LedgerContract:
     def live_snapshots(self, vm: str) -> int:
         """How many committed, undeleted snapshots the VM has."""
         return int(self._view("live_snapshots", events.stream_id(events.vm_stream(vm))))
+
+    def committed_total(self, vm: str) -> int:
+        """How many snapshots of the VM were ever committed, deleted or not."""
+        return int(self._view("committed_total", events.stream_id(events.vm_stream(vm))))
+
+    def retired(self, vm: str) -> list[bytes]:
+        """The ids of the VM's snapshots deleted by a retention rule, in order of retirement."""
+        stream = events.stream_id(events.vm_stream(vm))
+        count = int(self._view("retired_count", stream))
+        return [bytes(self._view("retired", stream, index)) for index in range(count)]
 
     def snapshot(self, subject: bytes) -> SnapshotView:
         """The audit record of snapshot `subject`."""

@@ -234,6 +234,98 @@ class RollbackFinished(OnVmStream, Event):
     seconds: float
 
 
+@dataclass(frozen=True)
+class RetentionRules:
+    """Keep-* rules as recorded: counts (None when a rule is off), a span, a time zone."""
+
+    keep_last: int | None
+    keep_hourly: int | None
+    keep_daily: int | None
+    keep_weekly: int | None
+    keep_monthly: int | None
+    keep_yearly: int | None
+    keep_within: str | None
+    tz: str
+
+
+@dataclass(frozen=True)
+class ScheduleSet(OnVmStream, Event):
+    """A periodic snapshot schedule of a VM was created or replaced (with its retention)."""
+
+    vm: str
+    name: str
+    schedule: str
+    tz: str
+    anchor: str | None
+    retention: RetentionRules
+
+
+@dataclass(frozen=True)
+class ScheduleCleared(OnVmStream, Event):
+    """A VM's schedule was removed; its snapshots stay."""
+
+    vm: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ScheduledRun(OnVmStream, Event):
+    """A schedule's run: taken, skipped or failed; `slots` it stands for (0: run by hand)."""
+
+    vm: str
+    name: str
+    slot_ms: int
+    outcome: str
+    snapshot: str | None
+    detail: str
+    slots: int
+
+
+@dataclass(frozen=True)
+class RetentionPolicySet(OnVmStream, Event):
+    """The VM's own retention rules, for snapshots no schedule's rules govern."""
+
+    vm: str
+    retention: RetentionRules
+
+
+@dataclass(frozen=True)
+class RetentionPolicyCleared(OnVmStream, Event):
+    """The VM's own retention rules were removed: its unscheduled snapshots are all kept."""
+
+    vm: str
+
+
+@dataclass(frozen=True)
+class RetentionDecision:
+    """Whether one snapshot stays under a policy, and the rules that keep it (or why not)."""
+
+    snapshot: str
+    keep: bool
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RetentionApplied(OnVmStream, Event):
+    """Retention decided over a group of a VM's snapshots (one part when the list is long)."""
+
+    vm: str
+    group: str
+    rules: RetentionRules
+    decisions: tuple[RetentionDecision, ...]
+    part: int
+    parts: int
+
+
+@dataclass(frozen=True)
+class SnapshotProtected(OnVmStream, Event):
+    """A snapshot was protected from retention and deletion, or released from protection."""
+
+    snapshot: str
+    vm: str
+    protected: bool
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -252,6 +344,13 @@ EVENT_TYPES: dict[str, type[Event]] = {
         GarbageCollected,
         RollbackStarted,
         RollbackFinished,
+        ScheduleSet,
+        ScheduleCleared,
+        ScheduledRun,
+        RetentionPolicySet,
+        RetentionPolicyCleared,
+        RetentionApplied,
+        SnapshotProtected,
     )
 }
 
@@ -276,8 +375,8 @@ def decode(payload: bytes) -> Event:
         raise LedgerCorrupted(f"undecodable event payload: {err}") from err
 
 
-def as_dict(event: Event) -> dict[str, Any]:
-    """Return the event's fields as plain data (for JSON and the projection)."""
+def as_dict(event: Event | RetentionRules) -> dict[str, Any]:
+    """Return an event's (or a value's) fields as plain data (for JSON and the projection)."""
     plain = _plain(event)
     assert isinstance(plain, dict)
     return plain

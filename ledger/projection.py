@@ -16,15 +16,17 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from ledger import events
+from ledger import events, schedule_folds
 from ledger.contract import LedgerRecord
 from ledger.errors import LedgerCorrupted, LedgerError
 from ledger.tables import (
+    SCHEMA,
     TABLES,
     Base,
     CheckpointRow,
     DiskRow,
     EventRow,
+    MetaRow,
     RollbackRow,
     SnapshotDiskRow,
     SnapshotRow,
@@ -44,10 +46,24 @@ class Projection:
             if self._engine.dialect.name == "sqlite":
                 sa_event.listen(self._engine, "connect", _sqlite_pragmas)
             Base.metadata.create_all(self._engine)
+            self._check_schema()
         except SQLAlchemyError as err:
             raise LedgerError(
                 f"cannot open the projection database {url}: {_first_line(err)}"
             ) from err
+
+    def _check_schema(self) -> None:
+        """Rebuild the tables (replayed from the chain later) when written by another schema."""
+        with Session(self._engine) as session:
+            meta = session.get(MetaRow, 1)
+            current = meta.schema if meta else None
+        if current == SCHEMA:
+            return
+        if current is not None or self.checkpoint()[0] > 0:
+            Base.metadata.drop_all(self._engine)
+            Base.metadata.create_all(self._engine)
+        with Session(self._engine) as session, session.begin():
+            session.merge(MetaRow(id=1, schema=SCHEMA))
 
     def close(self) -> None:
         """Release the database connections."""
@@ -122,6 +138,23 @@ class Projection:
             if status is not None:
                 query = query.where(RollbackRow.status == status)
             return [columns(row) for row in session.execute(query).scalars()]
+
+    def schedules(self, vm: str | None = None) -> list[dict[str, Any]]:
+        """Schedules by VM and name, optionally of one VM."""
+        with Session(self._engine) as session:
+            return schedule_folds.schedules(session, vm)
+
+    def schedule_runs(
+        self, vm: str | None = None, name: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Schedule runs oldest first (the last `limit`), optionally of one VM and schedule."""
+        with Session(self._engine) as session:
+            return schedule_folds.schedule_runs(session, vm, name, limit)
+
+    def retention_policy(self, vm: str) -> dict[str, Any] | None:
+        """The VM's own retention rules, or None."""
+        with Session(self._engine) as session:
+            return schedule_folds.retention_policy(session, vm)
 
     def find_snapshots(self, prefix: str) -> list[dict[str, Any]]:
         """Snapshots whose id starts with `prefix`."""
@@ -292,6 +325,7 @@ _FOLDS: dict[type[events.Event], Callable[[Session, LedgerRecord, Any], None]] =
     events.RollbackFinished: _rollback_finished,
     events.SnapshotFailed: _snapshot_update(status="failed", reason=lambda r, e: e.reason),
     events.TargetSnapshotDeleted: _snapshot_update(status="deleted", reason=lambda r, e: e.reason),
+    **schedule_folds.FOLDS,
 }
 
 

@@ -89,6 +89,8 @@ class SnapshotRow(Base):
     committed_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
     released: Mapped[bool] = mapped_column(Boolean, default=False)
     reason: Mapped[str | None] = mapped_column(Text, default=None)
+    schedule: Mapped[str | None] = mapped_column(String(64), default=None)
+    protected: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class SnapshotDiskRow(Base):
@@ -125,6 +127,59 @@ class RollbackRow(Base):
     bytes_restored: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class ScheduleRow(Base):
+    """A VM's periodic snapshot schedule, its retention rules and how its runs went."""
+
+    __tablename__ = "schedules"
+    vm: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    schedule: Mapped[str] = mapped_column(String(200))
+    tz: Mapped[str] = mapped_column(String(64))
+    anchor: Mapped[str | None] = mapped_column(String(40), default=None)
+    retention: Mapped[dict[str, Any]] = mapped_column(JSON)
+    set_at_ms: Mapped[int] = mapped_column(BigInteger)
+    set_seq: Mapped[int] = mapped_column(BigInteger)
+    last_slot_ms: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    last_outcome: Mapped[str | None] = mapped_column(String(16), default=None)
+    last_snapshot: Mapped[str | None] = mapped_column(String(64), default=None)
+    taken: Mapped[int] = mapped_column(BigInteger, default=0)
+    skipped: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ScheduleRunRow(Base):
+    """One run of a schedule: its slot and whether it was taken, skipped or failed."""
+
+    __tablename__ = "schedule_runs"
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    vm: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    slot_ms: Mapped[int] = mapped_column(BigInteger)
+    outcome: Mapped[str] = mapped_column(String(16))
+    snapshot: Mapped[str | None] = mapped_column(String(64), default=None)
+    detail: Mapped[str] = mapped_column(Text)
+    slots: Mapped[int] = mapped_column(Integer)
+    at_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class RetentionPolicyRow(Base):
+    """A VM's own retention rules (for the snapshots no schedule's rules govern)."""
+
+    __tablename__ = "retention_policies"
+    vm: Mapped[str] = mapped_column(String(64), primary_key=True)
+    retention: Mapped[dict[str, Any]] = mapped_column(JSON)
+    set_at_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class MetaRow(Base):
+    """The projection's schema version: a projection of another version is rebuilt."""
+
+    __tablename__ = "projection_meta"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    schema: Mapped[int] = mapped_column(Integer)
+
+
+SCHEMA = 2
 TABLES: tuple[type[Base], ...] = (
     EventRow,
     StreamRow,
@@ -134,6 +189,9 @@ TABLES: tuple[type[Base], ...] = (
     SnapshotRow,
     SnapshotDiskRow,
     RollbackRow,
+    ScheduleRow,
+    ScheduleRunRow,
+    RetentionPolicyRow,
 )
 
 

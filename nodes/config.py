@@ -96,6 +96,14 @@ class VmDriverConfig:
 
 
 @dataclass(frozen=True)
+class SchedulerConfig:
+    """The controller's scheduler: its default time zone ("" = the machine's) and parallelism."""
+
+    timezone: str = ""
+    parallel: int = 4
+
+
+@dataclass(frozen=True)
 class Config:
     """A deployment's whole configuration."""
 
@@ -108,6 +116,7 @@ class Config:
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     vm_driver: VmDriverConfig = field(default_factory=VmDriverConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     @property
     def root(self) -> Path:
@@ -197,6 +206,7 @@ SECTIONS = {
     "topology": TopologyConfig,
     "storage": StorageConfig,
     "vm_driver": VmDriverConfig,
+    "scheduler": SchedulerConfig,
 }
 
 
@@ -243,6 +253,8 @@ def _check(config: Config) -> None:
         raise ConfigError("storage.background_nice", "must be 0 to 19")
     if not 1 <= storage.compression_level <= 22:
         raise ConfigError("storage.compression_level", "must be 1 to 22")
+    if not 1 <= config.scheduler.parallel <= 64:
+        raise ConfigError("scheduler.parallel", "must be 1 to 64")
 
 
 def _section(name: str, cls: type[Any], values: Any, env: Mapping[str, str]) -> Any:

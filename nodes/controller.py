@@ -18,6 +18,7 @@ from ledger.errors import InputError, UnknownVm, VersionConflict, VmExists, Vmsn
 from ledger.service import Ledger
 from ledger.vm import disk, registration
 from nodes.chunks import ChunkCodec
+from nodes.clock import Clock, SystemClock, local_zone_name
 from nodes.config import Config
 from nodes.deletion import Deletion
 from nodes.errors import NodeError
@@ -25,8 +26,10 @@ from nodes.peers import Peers, node_names
 from nodes.placement import Placement
 from nodes.replication import BackupCluster
 from nodes.request_args import maps, text
-from nodes.retention_run import Retention, policy_from, zone
+from nodes.retention_run import Retention
 from nodes.rollback import Rollbacks
+from nodes.schedule_api import ScheduleApi
+from nodes.scheduler import Scheduler
 from nodes.snapshot_audit import verify_snapshot
 from nodes.snapshots import Snapshots
 from nodes.vm_driver import VmDriverSettings, open_driver
@@ -44,10 +47,13 @@ class Controller:
     thread, which also serialises appends so stream versions stay in order.
     """
 
-    def __init__(self, config: Config, ledger: Ledger, name: str = "controller") -> None:
+    def __init__(
+        self, config: Config, ledger: Ledger, name: str = "controller", clock: Clock | None = None
+    ) -> None:
         self.config = config
         self.ledger = ledger
         self.name = name
+        self.clock = clock or SystemClock()
         self.started = time.time()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
         self.peers = Peers(config, name)
@@ -61,6 +67,23 @@ class Controller:
             ledger, self.snapshots, self.cluster, self.codec, self.snapshots.gate, self._run
         )
         self.retention = Retention(ledger, self.deletion, self._run)
+        self.scheduler = Scheduler(
+            ledger,
+            self.snapshots,
+            self.retention,
+            self.clock,
+            self._run,
+            config.scheduler.parallel,
+        )
+        self.schedule_api = ScheduleApi(
+            ledger,
+            self.snapshots,
+            self.scheduler,
+            self.retention,
+            self.clock,
+            config.scheduler.timezone or local_zone_name(),
+            self._run,
+        )
         driver = open_driver(VmDriverSettings(**dataclasses.asdict(config.vm_driver)))
         self.rollbacks = Rollbacks(ledger, self.snapshots, driver, self._run)
         self._recovered = False
@@ -68,11 +91,14 @@ class Controller:
         self._recovery = asyncio.Lock()
 
     @classmethod
-    async def open(cls, config: Config, name: str = "controller") -> Controller:
+    async def open(
+        cls, config: Config, name: str = "controller", clock: Clock | None = None
+    ) -> Controller:
         """Open the ledger (deploying the contract on first start) off the event loop."""
+        clock = clock or SystemClock()
         settings = config.ledger_settings(name)
-        ledger = await asyncio.to_thread(Ledger.open, settings)
-        return cls(config, ledger, name)
+        ledger = await asyncio.to_thread(Ledger.open, settings, clock.timestamp)
+        return cls(config, ledger, name, clock)
 
     async def close(self) -> None:
         """Finish pending ledger work and close the ledger."""
@@ -80,6 +106,7 @@ class Controller:
             self._recovery_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._recovery_task
+        await self.scheduler.close()
         await self.peers.close()
         await self._run(self.ledger.close)
         self._worker.shutdown(wait=True)
@@ -100,12 +127,12 @@ class Controller:
             "snapshot.delete": self.delete_snapshot,
             "backup.gc": self.collect_garbage,
             "rollback.start": self.start_rollback,
-            "retention.apply": self.apply_retention,
             "rollback.list": self.list_rollbacks,
             "ledger.log": self.ledger_log,
             "ledger.head": self.ledger_head,
             "ledger.verify": self.ledger_verify,
             "ledger.replay": self.ledger_replay,
+            **self.schedule_api.handlers(),
         }
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -151,7 +178,7 @@ class Controller:
         return await self.placement.locate(text(args, "vm"), text(args, "resource_id"))
 
     def start_recovery(self) -> None:
-        """Finish or undo, in the background, the workflows a crash interrupted."""
+        """Finish or undo, in the background, the workflows a crash interrupted; then schedule."""
         self._recovery_task = asyncio.create_task(self._recover_when_ready())
 
     async def _recover_when_ready(self) -> None:
@@ -162,7 +189,15 @@ class Controller:
                 log.info("recovery waits for the network: %s", err)
                 await asyncio.sleep(1.0)
             else:
-                return
+                break
+        else:
+            log.warning("recovery gave up; scheduled snapshots run from now on")
+        await self.scheduler.start()
+
+    async def begin(self) -> None:
+        """Recover now (raising if the network is not there), then start the scheduler."""
+        await self._recover()
+        await self.scheduler.start()
 
     async def _recover(self) -> None:
         async with self._recovery:
@@ -212,16 +247,6 @@ class Controller:
     async def collect_garbage(self, args: dict[str, Any]) -> dict[str, Any]:
         """Remove chunks no live snapshot references."""
         return await self.deletion.collect()
-
-    async def apply_retention(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Apply keep-* rules to a VM's snapshots (or only show what they would do)."""
-        vm = text(args, "vm")
-        if await self._run(self.ledger.projection.vm, vm) is None:
-            raise UnknownVm(vm)
-        policy = policy_from(args)
-        tz = zone(str(args.get("tz") or "UTC"))
-        await self._recover()
-        return await self.retention.apply(vm, policy, tz, bool(args.get("dry_run", False)))
 
     async def start_rollback(self, args: dict[str, Any]) -> dict[str, Any]:
         """Roll a VM back to a snapshot (normal rollback)."""

@@ -27,6 +27,16 @@ class NotDeletable(Conflict):
         )
 
 
+class Protected(Conflict):
+    """A protected snapshot is never deleted, by hand or by retention."""
+
+    def __init__(self, snapshot: str) -> None:
+        super().__init__(
+            f"snapshot {snapshot[:12]} is protected; run vmsnap snapshot unprotect {snapshot[:12]} "
+            "first"
+        )
+
+
 class Deletion:
     """Delete: business initial snapshot → transfer staging → backup target, then GC.
 
@@ -52,11 +62,15 @@ class Deletion:
         self.gate = gate
         self._on_ledger = on_ledger
 
-    async def delete(self, ref: str, reason: str = "operator", gc: bool = True) -> dict[str, Any]:
-        """Delete one committed snapshot; collect garbage unless told not to."""
+    async def delete(
+        self, ref: str, reason: str = "operator", gc: bool = True, retired: bool = False
+    ) -> dict[str, Any]:
+        """Delete one committed snapshot (`retired`: by a retention rule); then collect garbage."""
         snap = await self.snapshots.resolve(ref)
         if snap["status"] != "committed":
             raise NotDeletable(snap["id"], snap["status"])
+        if snap.get("protected"):
+            raise Protected(snap["id"])
         vm, snapshot = snap["vm"], snap["id"]
         released = 0
         for disk in await self.snapshots.disks_of(snap):
@@ -70,7 +84,8 @@ class Deletion:
         await self.snapshots.peers.call(node, "transfer.discard", {"view": snapshot})
         now = self.ledger.now_ms()
         version = await self._on_ledger(self.ledger.projection.stream_version, events.vm_stream(vm))
-        fact = Fact(bytes.fromhex(snapshot), SnapshotStatus.DELETED)
+        status = SnapshotStatus.RETIRED if retired else SnapshotStatus.DELETED
+        fact = Fact(bytes.fromhex(snapshot), status)
         await self._on_ledger(
             self.ledger.append,
             [

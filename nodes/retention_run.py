@@ -1,12 +1,25 @@
-"""Apply a retention policy to a VM's snapshots through the full delete workflow."""
+"""Retention of a VM's snapshots: rules by group, decided, recorded, then deleted in full.
+
+A VM's committed snapshots fall into groups, each governed by one set of rules:
+the snapshots a schedule took are governed by that schedule's rules (when it has
+any); every other snapshot (taken by hand, by a schedule without rules, or by a
+schedule since cleared) by the VM's own rules (``vmsnap retention set``). Rules
+given on the command line instead govern all of the VM's snapshots as one group.
+Each group's decisions are recorded (``RetentionApplied``) before anything goes;
+each snapshot no rule keeps then goes through the full delete workflow, marked
+on chain as deleted by retention, and garbage is collected once at the end.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ledger import events
+from ledger.contract import MAX_BATCH, MAX_PAYLOAD, Entry
 from ledger.errors import InputError
 from ledger.retention import Candidate, KeepWithin, RetentionPolicy, decide, parse_keep_within
 from ledger.service import Ledger
@@ -21,6 +34,8 @@ COUNT_RULES = (
     "keep_monthly",
     "keep_yearly",
 )
+ALL = "all"
+VM_GROUP = "vm"
 
 
 def policy_from(args: dict[str, Any]) -> RetentionPolicy:
@@ -45,11 +60,56 @@ def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise InputError(f"unknown time zone {name!r}") from None
+        raise InputError(
+            f"unknown time zone {name!r}: use an IANA name like Europe/Berlin"
+        ) from None
+
+
+def rules_from(args: dict[str, Any], default_tz: str) -> events.RetentionRules:
+    """Checked rules from request arguments (``tz`` defaults to `default_tz`)."""
+    policy = policy_from(args)
+    tz = str(args.get("tz") or default_tz)
+    zone(tz)
+    within = str(policy.keep_within) if policy.keep_within is not None else None
+    counts = {rule: getattr(policy, rule) for rule in COUNT_RULES}
+    return events.RetentionRules(keep_within=within, tz=tz, **counts)
+
+
+def no_rules(tz: str) -> events.RetentionRules:
+    """Rules that keep everything."""
+    return events.RetentionRules(None, None, None, None, None, None, None, tz)
+
+
+def has_rules(rules: events.RetentionRules | dict[str, Any] | None) -> bool:
+    """Tell whether `rules` sets any keep-* rule."""
+    if rules is None:
+        return False
+    plain = rules if isinstance(rules, dict) else events.as_dict(rules)
+    return any(plain.get(rule) is not None for rule in (*COUNT_RULES, "keep_within"))
+
+
+def recorded(plain: dict[str, Any]) -> events.RetentionRules:
+    """Rules as the projection stores them, back as a value."""
+    values: dict[str, Any] = {f.name: plain.get(f.name) for f in _RULE_FIELDS}
+    return events.RetentionRules(**values)
+
+
+def describe(rules: events.RetentionRules | dict[str, Any]) -> str:
+    """Rules as an operator writes them, e.g. ``keep-last 3, keep-within 30d``."""
+    plain = rules if isinstance(rules, dict) else events.as_dict(rules)
+    parts = [
+        f"{rule.replace('_', '-')} {plain[rule]}"
+        for rule in (*COUNT_RULES, "keep_within")
+        if plain.get(rule) is not None
+    ]
+    return ", ".join(parts) or "keep everything"
+
+
+_RULE_FIELDS = dataclasses.fields(events.RetentionRules)
 
 
 class Retention:
-    """Decide with ``ledger.retention`` and delete what no rule keeps, one snapshot at a time."""
+    """Decide with ``ledger.retention``, record the decisions, delete what no rule keeps."""
 
     def __init__(self, ledger: Ledger, deletion: Deletion, on_ledger: Runner) -> None:
         self.ledger = ledger
@@ -57,29 +117,99 @@ class Retention:
         self._on_ledger = on_ledger
 
     async def apply(
-        self, vm: str, policy: RetentionPolicy, tz: ZoneInfo, dry_run: bool
+        self, vm: str, dry_run: bool, rules: events.RetentionRules | None = None
     ) -> dict[str, Any]:
-        """Return every decision; unless `dry_run`, delete the snapshots no rule keeps."""
+        """Apply `rules` to all of `vm`'s snapshots, or without rules the rules stored for it."""
         committed = await self._on_ledger(self.ledger.projection.snapshots, vm, "committed")
-        candidates = [
-            Candidate(s["id"], dt.datetime.fromtimestamp(s["requested_at_ms"] / 1000, dt.UTC))
-            for s in committed
-        ]
-        decisions = decide(candidates, policy, tz)
+        groups = [(ALL, rules, committed)] if rules else await self._stored_groups(vm, committed)
+        decided: list[dict[str, Any]] = []
+        doomed: list[tuple[str, str]] = []
+        for group, group_rules, snaps in groups:
+            policy = policy_from(events.as_dict(group_rules))
+            candidates = [_candidate(s) for s in snaps]
+            decisions = decide(candidates, policy, zone(group_rules.tz))
+            if not dry_run:
+                await self._record(vm, group, group_rules, decisions)
+            for d in decisions:
+                decided.append(
+                    {"id": d.id, "keep": d.keep, "reasons": list(d.reasons), "group": group}
+                )
+                if not d.keep:
+                    doomed.append((d.id, f"retention {group}: " + "; ".join(d.reasons)))
         deleted = []
         if not dry_run:
-            for decision in decisions:
-                if not decision.keep:
-                    reason = "retention: " + "; ".join(decision.reasons)
-                    await self.deletion.delete(decision.id, reason=reason, gc=False)
-                    deleted.append(decision.id)
+            for snapshot, reason in doomed:
+                await self.deletion.delete(snapshot, reason=reason, gc=False, retired=True)
+                deleted.append(snapshot)
         collected = await self.deletion.collect_reporting() if deleted else {"gc": None}
         return {
             "vm": vm,
             "dry_run": dry_run,
+            "groups": [
+                {"group": g, "rules": describe(r), "snapshots": len(s)} for g, r, s in groups
+            ],
             "deleted": deleted,
             **collected,
-            "decisions": [
-                {"id": d.id, "keep": d.keep, "reasons": list(d.reasons)} for d in decisions
-            ],
+            "decisions": decided,
         }
+
+    async def _stored_groups(
+        self, vm: str, committed: list[dict[str, Any]]
+    ) -> list[tuple[str, events.RetentionRules, list[dict[str, Any]]]]:
+        schedules = await self._on_ledger(self.ledger.projection.schedules, vm)
+        governed = {
+            s["name"]: recorded(s["retention"]) for s in schedules if has_rules(s["retention"])
+        }
+        groups = [
+            (f"schedule {name}", rules, [s for s in committed if s["schedule"] == name])
+            for name, rules in governed.items()
+        ]
+        own = await self._on_ledger(self.ledger.projection.retention_policy, vm)
+        if own is not None:
+            rest = [s for s in committed if s["schedule"] not in governed]
+            groups.append((VM_GROUP, recorded(own), rest))
+        return groups
+
+    async def _record(
+        self, vm: str, group: str, rules: events.RetentionRules, decisions: list[Any]
+    ) -> None:
+        now = self.ledger.now_ms()
+        recorded_decisions = [
+            events.RetentionDecision(d.id, d.keep, tuple(d.reasons)) for d in decisions
+        ]
+        parts = _pack(vm, group, rules, recorded_decisions, now)
+        applied = [
+            events.RetentionApplied(now, vm, group, rules, tuple(p), i + 1, len(parts))
+            for i, p in enumerate(parts)
+        ]
+        for start in range(0, len(applied), MAX_BATCH):
+            version = await self._on_ledger(
+                self.ledger.projection.stream_version, events.vm_stream(vm)
+            )
+            batch = applied[start : start + MAX_BATCH]
+            entries = [Entry(e, version + i) for i, e in enumerate(batch)]
+            await self._on_ledger(self.ledger.append, entries)
+
+
+def _candidate(snap: dict[str, Any]) -> Candidate:
+    taken = dt.datetime.fromtimestamp(snap["requested_at_ms"] / 1000, dt.UTC)
+    return Candidate(snap["id"], taken, bool(snap.get("protected")))
+
+
+def _pack(
+    vm: str,
+    group: str,
+    rules: events.RetentionRules,
+    decisions: list[events.RetentionDecision],
+    now: int,
+) -> list[list[events.RetentionDecision]]:
+    """Split decisions into parts whose events fit the ledger's payload limit."""
+    parts: list[list[events.RetentionDecision]] = [[]]
+    for decision in decisions:
+        trial = [*parts[-1], decision]
+        probe = events.RetentionApplied(now, vm, group, rules, tuple(trial), 9999, 9999)
+        if parts[-1] and len(events.encode(probe)) > MAX_PAYLOAD:
+            parts.append([decision])
+        else:
+            parts[-1] = trial
+    return parts

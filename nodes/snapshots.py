@@ -39,6 +39,7 @@ class SnapshotFailedError(VmsnapError):
 
     def __init__(self, snapshot: str, reason: str) -> None:
         super().__init__(f"snapshot {snapshot[:12]} failed and was undone: {reason}")
+        self.snapshot = snapshot
 
 
 def new_snapshot_id(vm: str) -> str:

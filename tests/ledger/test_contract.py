@@ -269,11 +269,13 @@ def test_enrolled_operator_can_append_and_a_removed_one_cannot(
     assert ledger_contract.count() == 1
 
 
-def test_operator_without_the_deleter_role_cannot_record_a_deletion(
+@pytest.mark.parametrize("removal", [SnapshotStatus.DELETED, SnapshotStatus.RETIRED])
+def test_operator_without_the_deleter_role_cannot_record_a_deletion_or_retirement(
     ledger_contract: LedgerContract,
     chain: EmbeddedChain,
     compiled: CompiledContract,
     operator: LocalAccount,
+    removal: SnapshotStatus,
 ) -> None:
     enrolled = client_for(chain, compiled, ledger_contract, operator)
     ledger_contract.enrol(operator.address, ROLE_OPERATOR)
@@ -281,28 +283,33 @@ def test_operator_without_the_deleter_role_cannot_record_a_deletion(
     record_fact(enrolled, "web", snap, SnapshotStatus.COMMITTED, ROOT)
 
     with pytest.raises(Unauthorised) as caught:
-        record_fact(enrolled, "web", snap, SnapshotStatus.DELETED)
+        record_fact(enrolled, "web", snap, removal)
 
     assert "not allowed to delete" in caught.value.message
     assert enrolled.snapshot(snap).status is SnapshotStatus.COMMITTED
     assert enrolled.live_snapshots("web") == 1
+    assert enrolled.retired("web") == []
     assert enrolled.count() == 1
 
 
-def test_operator_with_the_deleter_role_can_record_a_deletion(
+@pytest.mark.parametrize("removal", [SnapshotStatus.DELETED, SnapshotStatus.RETIRED])
+def test_operator_with_the_deleter_role_can_record_a_deletion_or_retirement(
     ledger_contract: LedgerContract,
     chain: EmbeddedChain,
     compiled: CompiledContract,
     operator: LocalAccount,
+    removal: SnapshotStatus,
 ) -> None:
     enrolled = client_for(chain, compiled, ledger_contract, operator)
     ledger_contract.enrol(operator.address, ROLE_ALL)
     snap = snapshot_id("one")
     record_fact(enrolled, "web", snap, SnapshotStatus.COMMITTED, ROOT)
 
-    record_fact(enrolled, "web", snap, SnapshotStatus.DELETED)
+    record = record_fact(enrolled, "web", snap, removal)
 
-    assert enrolled.snapshot(snap).status is SnapshotStatus.DELETED
+    assert enrolled.snapshot(snap).status is removal
+    assert enrolled.snapshot(snap).updated_by == operator.address
+    assert record.status == removal
     assert enrolled.live_snapshots("web") == 0
 
 
@@ -376,6 +383,63 @@ def test_deleting_the_latest_snapshot_falls_back_to_the_previous_live_one(
     record_fact(ledger_contract, "web", first, SnapshotStatus.DELETED)
     assert ledger_contract.latest_snapshot("web") == ZERO32
     assert ledger_contract.live_snapshots("web") == 0
+
+
+def test_retired_snapshots_are_listed_per_vm_in_order_of_retirement(
+    ledger_contract: LedgerContract,
+) -> None:
+    first, second, third = (snapshot_id(n) for n in ("first", "second", "third"))
+    for snap in (first, second, third):
+        record_fact(ledger_contract, "web", snap, SnapshotStatus.COMMITTED, ROOT)
+    assert ledger_contract.retired("web") == []
+
+    record_fact(ledger_contract, "web", third, SnapshotStatus.RETIRED)
+    record_fact(ledger_contract, "web", first, SnapshotStatus.RETIRED)
+
+    assert ledger_contract.retired("web") == [third, first]
+    assert ledger_contract.snapshot(third).status is SnapshotStatus.RETIRED
+    assert ledger_contract.retired("db") == []
+
+
+def test_live_committed_and_retired_counts_tell_retention_from_operator_deletions(
+    ledger_contract: LedgerContract,
+) -> None:
+    snaps = [snapshot_id(f"s{n}") for n in range(5)]
+    for snap in snaps:
+        record_fact(ledger_contract, "web", snap, SnapshotStatus.COMMITTED, ROOT)
+    record_fact(ledger_contract, "web", snapshot_id("pending"), SnapshotStatus.PENDING)
+    assert (ledger_contract.live_snapshots("web"), ledger_contract.committed_total("web")) == (5, 5)
+
+    record_fact(ledger_contract, "web", snaps[0], SnapshotStatus.RETIRED)
+    record_fact(ledger_contract, "web", snaps[1], SnapshotStatus.DELETED)
+    record_fact(ledger_contract, "web", snaps[2], SnapshotStatus.RETIRED)
+
+    live = ledger_contract.live_snapshots("web")
+    committed = ledger_contract.committed_total("web")
+    retired = ledger_contract.retired("web")
+    assert (live, committed) == (2, 5)
+    assert retired == [snaps[0], snaps[2]]
+    assert snaps[1] not in retired
+    assert committed - live - len(retired) == 1
+    assert ledger_contract.committed_total("db") == 0
+
+
+def test_retiring_the_latest_snapshot_falls_back_to_the_previous_live_one(
+    ledger_contract: LedgerContract,
+) -> None:
+    first, second, third = (snapshot_id(n) for n in ("first", "second", "third"))
+    for snap in (first, second, third):
+        record_fact(ledger_contract, "web", snap, SnapshotStatus.COMMITTED, ROOT)
+
+    record_fact(ledger_contract, "web", second, SnapshotStatus.DELETED)
+    record_fact(ledger_contract, "web", third, SnapshotStatus.RETIRED)
+    assert ledger_contract.latest_snapshot("web") == first
+    assert ledger_contract.live_snapshots("web") == 1
+
+    record_fact(ledger_contract, "web", first, SnapshotStatus.RETIRED)
+    assert ledger_contract.latest_snapshot("web") == ZERO32
+    assert ledger_contract.live_snapshots("web") == 0
+    assert ledger_contract.retired("web") == [third, first]
 
 
 def test_pending_snapshot_can_fail_and_never_counts_as_live(
@@ -461,6 +525,39 @@ Status = SnapshotStatus
             id="delete-twice",
         ),
         pytest.param(
+            [("web", A, Status.PENDING, ZERO32)],
+            ("web", A, Status.RETIRED, ZERO32),
+            "snapshot not committed",
+            id="retire-pending",
+        ),
+        pytest.param(
+            [], ("web", A, Status.RETIRED, ZERO32), "snapshot not committed", id="retire-none"
+        ),
+        pytest.param(
+            [("web", A, Status.COMMITTED, ROOT), ("web", A, Status.RETIRED, ZERO32)],
+            ("web", A, Status.RETIRED, ZERO32),
+            "snapshot not committed",
+            id="retire-twice",
+        ),
+        pytest.param(
+            [("web", A, Status.COMMITTED, ROOT), ("web", A, Status.DELETED, ZERO32)],
+            ("web", A, Status.RETIRED, ZERO32),
+            "snapshot not committed",
+            id="retire-deleted",
+        ),
+        pytest.param(
+            [("web", A, Status.COMMITTED, ROOT), ("web", A, Status.RETIRED, ZERO32)],
+            ("web", A, Status.DELETED, ZERO32),
+            "snapshot not committed",
+            id="delete-retired",
+        ),
+        pytest.param(
+            [("web", B, Status.COMMITTED, ROOT)],
+            ("db", B, Status.RETIRED, ZERO32),
+            "snapshot belongs to another stream",
+            id="retire-other-stream",
+        ),
+        pytest.param(
             [], ("web", ZERO32, Status.PENDING, ZERO32), "snapshot id required", id="no-id"
         ),
         pytest.param(
@@ -482,6 +579,7 @@ def test_refused_status_transition_reverts_and_appends_nothing(
     head, count = ledger_contract.head(), ledger_contract.count()
     vm, subject = refused[0], refused[1]
     before = ledger_contract.snapshot(subject)
+    retired = ledger_contract.retired(vm)
 
     with pytest.raises(TransactionReverted) as caught:
         record_fact(ledger_contract, *refused)
@@ -490,6 +588,7 @@ def test_refused_status_transition_reverts_and_appends_nothing(
     assert caught.value.reason == reason
     assert (ledger_contract.head(), ledger_contract.count()) == (head, count)
     assert ledger_contract.snapshot(subject) == before
+    assert ledger_contract.retired(vm) == retired
     assert ledger_contract.stream_version(events.vm_stream(vm)) == sum(
         1 for step in history if step[0] == vm
     )

@@ -14,6 +14,16 @@ from hypothesis import strategies as st
 from ledger import events
 from ledger.errors import LedgerCorrupted
 
+RULES = events.RetentionRules(
+    keep_last=3,
+    keep_hourly=None,
+    keep_daily=7,
+    keep_weekly=None,
+    keep_monthly=None,
+    keep_yearly=None,
+    keep_within="30d",
+    tz="Europe/Berlin",
+)
 SAMPLES: dict[type[events.Event], events.Event] = {
     events.LedgerOpened: events.LedgerOpened(
         at_ms=1_767_225_600_000,
@@ -94,6 +104,45 @@ SAMPLES: dict[type[events.Event], events.Event] = {
     ),
     events.SnapshotFailed: events.SnapshotFailed(
         at_ms=1_767_225_604_300, snapshot="ab" * 32, vm="web-1", reason="business-1 unreachable"
+    ),
+    events.ScheduleSet: events.ScheduleSet(
+        at_ms=1_767_225_609_000,
+        vm="web-1",
+        name="nightly",
+        schedule="every 10d 02:00",
+        tz="Europe/Berlin",
+        anchor="2026-01-01",
+        retention=RULES,
+    ),
+    events.ScheduleCleared: events.ScheduleCleared(at_ms=1_767_225_610_000, vm="web-1", name="n"),
+    events.ScheduledRun: events.ScheduledRun(
+        at_ms=1_767_225_611_000,
+        vm="web-1",
+        name="nightly",
+        slot_ms=1_767_225_600_000,
+        outcome="taken",
+        snapshot="ab" * 32,
+        detail="",
+        slots=1,
+    ),
+    events.RetentionPolicySet: events.RetentionPolicySet(
+        at_ms=1_767_225_612_000, vm="web-1", retention=RULES
+    ),
+    events.RetentionPolicyCleared: events.RetentionPolicyCleared(at_ms=1_767_225_613_000, vm="w"),
+    events.RetentionApplied: events.RetentionApplied(
+        at_ms=1_767_225_614_000,
+        vm="web-1",
+        group="schedule nightly",
+        rules=RULES,
+        decisions=(
+            events.RetentionDecision("ab" * 32, True, ("last 3", "daily 2026-01-01")),
+            events.RetentionDecision("cd" * 32, False, ("beyond keep-last 3",)),
+        ),
+        part=1,
+        parts=1,
+    ),
+    events.SnapshotProtected: events.SnapshotProtected(
+        at_ms=1_767_225_615_000, snapshot="ab" * 32, vm="web-1", protected=True
     ),
 }
 

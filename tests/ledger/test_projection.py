@@ -56,6 +56,9 @@ def test_empty_projection_has_no_rows_and_a_zero_checkpoint(projection: Projecti
         "snapshots",
         "snapshot_disks",
         "rollbacks",
+        "schedules",
+        "schedule_runs",
+        "retention_policies",
     }
     assert all(rows == [] for rows in projection.dump().values())
 

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
-from cli import backup, deployment, disk, ledger, node, retention, rollback, snapshot, vm
+from cli import (
+    backup,
+    deployment,
+    disk,
+    ledger,
+    node,
+    retention,
+    rollback,
+    schedule,
+    snapshot,
+    vm,
+)
 from cli.render import err
 from cli.state import AppState
 from ledger.errors import VmsnapError
@@ -24,6 +38,34 @@ class VmsnapGroup(TyperGroup):
         except VmsnapError as error:
             err.print(f"error: {error.message}", markup=False)
             ctx.exit(error.exit_code)
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Parse and run; a usage error is one line naming the help to read, exit code 2."""
+        standalone = standalone_mode
+        try:
+            result = super().main(
+                args, prog_name, complete_var, False, windows_expand_args, **extra
+            )
+        except UsageError as error:
+            if not standalone:
+                raise
+            if isinstance(error, NoArgsIsHelpError):
+                error.show()
+            else:
+                where = error.ctx.command_path if error.ctx else "vmsnap"
+                err.print(f"error: {error.format_message()} (see {where} --help)", markup=False)
+            sys.exit(error.exit_code)
+        if not standalone:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
 
 
 app = typer.Typer(
@@ -50,6 +92,7 @@ app.add_typer(vm.app, name="vm")
 app.add_typer(disk.app, name="disk")
 app.add_typer(snapshot.app, name="snapshot")
 app.add_typer(rollback.app, name="rollback")
+app.add_typer(schedule.app, name="schedule")
 app.add_typer(retention.app, name="retention")
 app.add_typer(backup.app, name="backup")
 app.add_typer(ledger.app, name="ledger")

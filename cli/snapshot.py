@@ -71,13 +71,14 @@ def list_snapshots(
         return
     table(
         None,
-        ["id", "vm", "status", "taken", "parent", "disks", "read", "stored"],
+        ["id", "vm", "status", "taken", "by", "parent", "disks", "read", "stored"],
         (
             [
                 s["id"][:12],
                 s["vm"],
-                s["status"],
+                s["status"] + (" (protected)" if s.get("protected") else ""),
                 when(s["requested_at_ms"]),
+                s.get("schedule") or "hand",
                 (s["parent"] or "")[:12],
                 ",".join(s["disks"]),
                 format_size(_totals(s)["bytes_read"]),
@@ -185,3 +186,23 @@ def delete(
             f"garbage collection: {gc['chunks']} chunks ({gc['copies']} copies) removed, "
             f"{format_size(gc['bytes_reclaimed'])} reclaimed"
         )
+
+
+@app.command()
+def protect(
+    ctx: typer.Context,
+    snapshot: Annotated[str, typer.Argument(help="Snapshot id (or a unique prefix).")],
+) -> None:
+    """Protect a snapshot: retention never deletes it, and delete refuses it."""
+    done = ControllerApi(state(ctx).config()).protect(snapshot, True)
+    out.print(f"snapshot {done['snapshot'][:12]} of {done['vm']} is protected")
+
+
+@app.command()
+def unprotect(
+    ctx: typer.Context,
+    snapshot: Annotated[str, typer.Argument(help="Snapshot id (or a unique prefix).")],
+) -> None:
+    """Lift a snapshot's protection: retention and delete may remove it again."""
+    done = ControllerApi(state(ctx).config()).protect(snapshot, False)
+    out.print(f"snapshot {done['snapshot'][:12]} of {done['vm']} is no longer protected")

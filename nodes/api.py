@@ -21,7 +21,9 @@ class ControllerApi:
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    def _call(self, op: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _call(
+        self, op: str, args: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
         run = controller(self.config)
         return call_sync(
             run.host,
@@ -30,7 +32,7 @@ class ControllerApi:
             op,
             args or {},
             peer=run.name,
-            timeout=self.config.wire.timeout,
+            timeout=timeout or self.config.wire.timeout,
         )
 
     def register_vm(
@@ -140,17 +142,51 @@ class ControllerApi:
         return list(self._call("rollback.list", {} if vm is None else {"vm": vm})["rollbacks"])
 
     def apply_retention(self, vm: str, rules: dict[str, Any], dry_run: bool) -> dict[str, Any]:
-        """Apply keep-* rules to a VM's snapshots (or show what they would do)."""
-        run = controller(self.config)
-        return call_sync(
-            run.host,
-            run.port,
-            self.config.secret(),
-            "retention.apply",
-            {"vm": vm, **rules, "dry_run": dry_run},
-            peer=run.name,
-            timeout=SNAPSHOT_TIMEOUT,
+        """Apply keep-* rules (or the VM's stored ones) to its snapshots, or show what they do."""
+        return self._call(
+            "retention.apply", {"vm": vm, **rules, "dry_run": dry_run}, SNAPSHOT_TIMEOUT
         )
+
+    def set_retention(self, vm: str, rules: dict[str, Any]) -> dict[str, Any]:
+        """Set the VM's own keep-* rules."""
+        return self._call("retention.set", {"vm": vm, **rules})
+
+    def show_retention(self, vm: str) -> dict[str, Any]:
+        """The VM's own rules and each schedule's."""
+        return self._call("retention.show", {"vm": vm})
+
+    def clear_retention(self, vm: str) -> dict[str, Any]:
+        """Remove the VM's own rules."""
+        return self._call("retention.clear", {"vm": vm})
+
+    def set_schedule(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Create or replace a schedule."""
+        return dict(self._call("schedule.set", args)["schedule"])
+
+    def schedules(self, vm: str | None = None) -> list[dict[str, Any]]:
+        """Schedules with their next runs, optionally of one VM."""
+        return list(self._call("schedule.list", {} if vm is None else {"vm": vm})["schedules"])
+
+    def clear_schedule(self, vm: str, name: str | None) -> list[str]:
+        """Remove one schedule of a VM or all of them; return the names removed."""
+        args = {"vm": vm} if name is None else {"vm": vm, "name": name}
+        return list(self._call("schedule.clear", args)["cleared"])
+
+    def run_schedule(self, vm: str, name: str | None) -> dict[str, Any]:
+        """Run a schedule now; return the recorded run."""
+        args = {"vm": vm} if name is None else {"vm": vm, "name": name}
+        return dict(self._call("schedule.run_now", args, SNAPSHOT_TIMEOUT)["run"])
+
+    def schedule_runs(
+        self, vm: str | None, name: str | None, limit: int | None
+    ) -> list[dict[str, Any]]:
+        """Recorded runs, newest last."""
+        args = {"vm": vm, "name": name, "limit": limit}
+        return list(self._call("schedule.runs", {k: v for k, v in args.items() if v})["runs"])
+
+    def protect(self, ref: str, protected: bool) -> dict[str, Any]:
+        """Protect a snapshot from retention and deletion, or lift it."""
+        return self._call("snapshot.protect", {"id": ref, "protected": protected})
 
     def vms(self) -> list[dict[str, Any]]:
         """Every registered VM."""

@@ -135,7 +135,7 @@ class Retention:
                     {"id": d.id, "keep": d.keep, "reasons": list(d.reasons), "group": group}
                 )
                 if not d.keep:
-                    doomed.append((d.id, f"retention {group}: " + "; ".join(d.reasons)))
+                    doomed.append((d.id, f"retention ({group}): " + "; ".join(d.reasons)))
         deleted = []
         if not dry_run:
             for snapshot, reason in doomed:

@@ -154,9 +154,11 @@ class Scheduler:
             now = self.clock.now()
             for key, planned in list(self._planned.items()):
                 if planned.next_run <= now:
-                    slot = planned.next_run
+                    # Slots passed while the machine slept or the clock jumped run once, as one.
+                    late = planned.schedule.runs_between(planned.next_run, now)
+                    slots = [planned.next_run, *late]
                     planned.next_run = planned.schedule.next_after(now)
-                    self._fire(key, slot, 1)
+                    self._fire(key, slots[-1], len(slots))
             earliest = min((p.next_run for p in self._planned.values()), default=None)
             self._parked = True
             self._notify()

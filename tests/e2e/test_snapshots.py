@@ -353,7 +353,7 @@ def test_retention_keep_last_deletes_the_oldest_through_the_delete_workflow(
     assert statuses == {taken[0]: "deleted", **{sid: "committed" for sid in taken[1:]}}
     log = net.json("ledger", "log", "--vm", "keep-01")
     reasons = [e["fields"]["reason"] for e in log if e["type"] == "TargetSnapshotDeleted"]
-    assert reasons == ["retention: beyond keep-last 3"]
+    assert reasons == ["retention (all): beyond keep-last 3"]
     for sid in taken[1:]:
         assert net.json("snapshot", "verify", sid)["ok"] is True
     bad = net.run("retention", "apply", "keep-01", "--keep-within", "3x")

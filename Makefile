@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/chunk_store_bench.py
 	$(BIN)/python bench/chunk_size_bench.py
 	$(BIN)/python bench/storage_bench.py
+	$(BIN)/python bench/scheduler_bench.py
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

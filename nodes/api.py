@@ -35,6 +35,10 @@ class ControllerApi:
             timeout=timeout or self.config.wire.timeout,
         )
 
+    def status(self) -> dict[str, Any]:
+        """The controller's own status: uptime, ledger head, scheduler."""
+        return self._call("node.status")
+
     def register_vm(
         self, name: str, vm_type: str, ip: str, disks: Sequence[Disk]
     ) -> dict[str, Any]:

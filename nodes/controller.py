@@ -147,6 +147,7 @@ class Controller:
             "pid": os.getpid(),
             "uptime": time.time() - self.started,
             "ledger": head,
+            "scheduler": self.scheduler.status(),
         }
 
     async def register_vm(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -134,7 +134,9 @@ class ScheduleApi:
                 shown[key] = row[key]
         last = row.get("last_slot_ms")
         shown["last_run"] = (
-            dt.datetime.fromtimestamp(last / 1000, dt.UTC).astimezone(zone).isoformat()
+            dt.datetime.fromtimestamp(last / 1000, dt.UTC)
+            .astimezone(zone)
+            .isoformat("T", "seconds")
             if last
             else None
         )

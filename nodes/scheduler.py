@@ -122,6 +122,16 @@ class Scheduler:
         self._planned.pop((vm, name), None)
         self._wake()
 
+    def status(self) -> dict[str, Any]:
+        """How many schedules, runs in flight, loop wake-ups so far, and the next run."""
+        earliest = min((p.next_run for p in self._planned.values()), default=None)
+        return {
+            "schedules": len(self._planned),
+            "running": len(self._runs),
+            "wakeups": self.wakeups,
+            "next_run": earliest.isoformat() if earliest else None,
+        }
+
     def next_runs(self) -> dict[tuple[str, str], dt.datetime]:
         """Every schedule's next run."""
         return {key: planned.next_run for key, planned in self._planned.items()}

@@ -63,6 +63,14 @@ say "delete the first snapshot from its three places, then collect garbage"
 step vmsnap snapshot delete "${first:0:12}"
 step vmsnap snapshot list web-01
 
+say "a nightly schedule that keeps the newest two, run now three times"
+step vmsnap schedule set web-01 "daily 03:00" --name nightly --tz Europe/Berlin --keep-last 2
+step vmsnap schedule run-now web-01
+step vmsnap schedule run-now web-01
+step vmsnap schedule run-now web-01
+step vmsnap schedule list
+step vmsnap snapshot list web-01
+
 say "the audit log on the contract, and its verified head"
 step vmsnap ledger log
 step vmsnap ledger verify

@@ -254,13 +254,18 @@ async def _catch_up(net: Deployment) -> None:
     async with controller(net, clock) as c:
         await c.scheduler.settle()
         await at(c, clock, dt.datetime(2027, 6, 6, 3, 0, tzinfo=UTC))
+        # The machine sleeps (or the clock steps) while the controller runs: one run again.
+        await at(c, clock, dt.datetime(2027, 6, 9, 4, 0, tzinfo=UTC))
         done = await runs(c, "cat-01")
         assert [(r["outcome"], r["slot_ms"], r["slots"]) for r in done] == [
             ("taken", ms(dt.datetime(2027, 6, 1, 3, 0, tzinfo=UTC)), 1),
             ("taken", ms(dt.datetime(2027, 6, 5, 3, 0, tzinfo=UTC)), 4),
             ("taken", ms(dt.datetime(2027, 6, 6, 3, 0, tzinfo=UTC)), 1),
+            ("taken", ms(dt.datetime(2027, 6, 9, 3, 0, tzinfo=UTC)), 3),
         ]
-        assert len(await committed(c, "cat-01")) == 3
+        assert len(await committed(c, "cat-01")) == 4
+        shown = (await call(c, "schedule.list", vm="cat-01"))["schedules"][0]
+        assert shown["next_run"] == "2027-06-10T03:00:00+00:00"
 
 
 def test_a_run_that_finds_a_snapshot_in_flight_is_skipped_and_recorded(net: Deployment) -> None:

@@ -20,10 +20,7 @@ SNAP = "ab" * 32
 def append(ledger: Ledger, *batch: events.Event, fact: Fact | None = None) -> None:
     version = ledger.projection.stream_version(batch[0].stream)
     ledger.append(
-        [
-            Entry(e, version + i, fact if i == len(batch) - 1 else None)
-            for i, e in enumerate(batch)
-        ]
+        [Entry(e, version + i, fact if i == len(batch) - 1 else None) for i, e in enumerate(batch)]
     )
 
 

@@ -8,8 +8,8 @@ import typer
 
 from cli.render import emit_json, out, table
 from cli.state import state
+from ledger.rules import rules_from
 from nodes.api import ControllerApi
-from nodes.retention_run import rules_from
 
 app = typer.Typer(no_args_is_help=True, help="Keep-* rules: set, show, clear and apply them.")
 VmArg = Annotated[str, typer.Argument(help="The VM whose snapshots the rules govern.")]

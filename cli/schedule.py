@@ -10,9 +10,8 @@ import typer
 from cli import retention
 from cli.render import emit_json, out, table, when
 from cli.state import state
-from ledger.schedule import parse_cron, parse_schedule
+from ledger.schedule import check_schedule_name, parse_cron, parse_schedule
 from nodes.api import ControllerApi
-from nodes.scheduler import check_name
 
 app = typer.Typer(no_args_is_help=True, help="Periodic snapshots: set, list, clear, run now.")
 VmArg = Annotated[str, typer.Argument(help="The VM the schedule snapshots.")]
@@ -76,7 +75,7 @@ def set_schedule(
     json: JsonOption = False,
 ) -> None:
     """Create or replace a schedule; its keep-* rules govern the snapshots it takes."""
-    check_name(name)
+    check_schedule_name(name)
     _check(when_text, cron, tz, anchor)
     rules = retention.rules(
         keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within, tz

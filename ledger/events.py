@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar, get_type_hints
 
 import cbor2
-from eth_utils.crypto import keccak
+from eth_hash.auto import keccak
 
 from ledger.errors import LedgerCorrupted
 

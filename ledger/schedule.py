@@ -331,3 +331,10 @@ def _cron_field(spec: str, name: str, low: int, high: int, text: str) -> frozens
             raise _fail(text, f"cron {name} {item!r} is an empty range")
         values.update(range(first, last + 1, step))
     return frozenset(values)
+
+
+def check_schedule_name(name: str) -> str:
+    """A schedule name: 1-64 letters, digits, dots, dashes or underscores."""
+    if not name or len(name) > 64 or not all(c.isalnum() or c in "._-" for c in name):
+        raise InputError(f"invalid schedule name {name!r}: use 1-64 letters, digits, '.', '_', '-'")
+    return name

@@ -55,8 +55,9 @@ class BackupCluster:
     async def missing(self, ids: Sequence[bytes]) -> dict[bytes, list[str]]:
         """For each id, the nodes it should be on (reachable ones first) that lack it."""
         wanted: dict[str, list[bytes]] = defaultdict(list)
+        alive = self._live()
         for chunk_id in ids:
-            targets = self._targets(chunk_id)
+            targets = self._targets(chunk_id, alive)
             if len(targets) < self.replicas:
                 raise NodeUnreachable(
                     "backup cluster", "-", f"fewer than {self.replicas} backup nodes are up"
@@ -85,11 +86,14 @@ class BackupCluster:
                 lacking[chunk_id] = sorted(set(lacking.get(chunk_id, [])) | set(nodes))
         return lacking
 
-    def _targets(self, chunk_id: bytes) -> list[str]:
+    def _targets(self, chunk_id: bytes, alive: set[str]) -> list[str]:
         """Placement order, skipping nodes that are down, so R copies are still made."""
         ranked = placement(chunk_id, self.nodes, len(self.nodes))
-        alive = [n for n in ranked if self._alive(n)]
-        return alive[: self.replicas]
+        return [n for n in ranked if n in alive][: self.replicas]
+
+    def _live(self) -> set[str]:
+        """The backup nodes that run and are not marked down (read once per batch)."""
+        return {node for node in self.nodes if self._alive(node)}
 
     def _alive(self, node: str) -> bool:
         if node in self.down:
@@ -110,9 +114,10 @@ class BackupCluster:
         written, failed = await self._put_round(blobs, targets)
         if failed:
             retry: dict[bytes, list[str]] = {}
+            alive = self._live()
             for chunk_id, node in failed:
                 placed = {n for n in targets[chunk_id] if n != node}
-                spare = [n for n in self._targets(chunk_id) if n not in placed]
+                spare = [n for n in self._targets(chunk_id, alive) if n not in placed]
                 if not spare:
                     raise NodeUnreachable(node, "-", "too few backup nodes left for R copies")
                 retry.setdefault(chunk_id, []).append(spare[0])
@@ -150,8 +155,9 @@ class BackupCluster:
     async def get(self, ids: Sequence[bytes]) -> dict[bytes, bytes]:
         """Fetch each chunk from its first reachable replica; fall back to the others."""
         by_node: dict[str, list[bytes]] = defaultdict(list)
+        alive = self._live()
         for chunk_id in ids:
-            targets = self._targets(chunk_id)
+            targets = self._targets(chunk_id, alive)
             by_node[targets[0] if targets else self.nodes[0]].append(chunk_id)
         pages = await asyncio.gather(
             *(self._get_node(node, wanted) for node, wanted in by_node.items())

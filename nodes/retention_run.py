@@ -12,100 +12,20 @@ on chain as deleted by retention, and garbage is collected once at the end.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ledger import events
 from ledger.contract import MAX_BATCH, MAX_PAYLOAD, Entry
-from ledger.errors import InputError
-from ledger.retention import Candidate, KeepWithin, RetentionPolicy, decide, parse_keep_within
+from ledger.retention import Candidate, decide
+from ledger.rules import describe, has_rules, policy_from, recorded, zone
 from ledger.service import Ledger
 from nodes.deletion import Deletion
 
 Runner = Callable[..., Awaitable[Any]]
-COUNT_RULES = (
-    "keep_last",
-    "keep_hourly",
-    "keep_daily",
-    "keep_weekly",
-    "keep_monthly",
-    "keep_yearly",
-)
 ALL = "all"
 VM_GROUP = "vm"
-
-
-def policy_from(args: dict[str, Any]) -> RetentionPolicy:
-    """A policy from request arguments: counts by rule name, keep_within as text."""
-    counts: dict[str, int | None] = {}
-    for rule in COUNT_RULES:
-        value = args.get(rule)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-            raise InputError(f"--{rule.replace('_', '-')} must be a whole number")
-        counts[rule] = value
-    within_text = args.get("keep_within")
-    within: KeepWithin | None = None
-    if within_text is not None:
-        if not isinstance(within_text, str):
-            raise InputError("--keep-within must be a span such as 30d")
-        within = parse_keep_within(within_text)
-    return RetentionPolicy(keep_within=within, **counts)
-
-
-def zone(name: str) -> ZoneInfo:
-    """A time zone by name, or a clear error."""
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InputError(
-            f"unknown time zone {name!r}: use an IANA name like Europe/Berlin"
-        ) from None
-
-
-def rules_from(args: dict[str, Any], default_tz: str) -> events.RetentionRules:
-    """Checked rules from request arguments (``tz`` defaults to `default_tz`)."""
-    policy = policy_from(args)
-    tz = str(args.get("tz") or default_tz)
-    zone(tz)
-    within = str(policy.keep_within) if policy.keep_within is not None else None
-    counts = {rule: getattr(policy, rule) for rule in COUNT_RULES}
-    return events.RetentionRules(keep_within=within, tz=tz, **counts)
-
-
-def no_rules(tz: str) -> events.RetentionRules:
-    """Rules that keep everything."""
-    return events.RetentionRules(None, None, None, None, None, None, None, tz)
-
-
-def has_rules(rules: events.RetentionRules | dict[str, Any] | None) -> bool:
-    """Tell whether `rules` sets any keep-* rule."""
-    if rules is None:
-        return False
-    plain = rules if isinstance(rules, dict) else events.as_dict(rules)
-    return any(plain.get(rule) is not None for rule in (*COUNT_RULES, "keep_within"))
-
-
-def recorded(plain: dict[str, Any]) -> events.RetentionRules:
-    """Rules as the projection stores them, back as a value."""
-    values: dict[str, Any] = {f.name: plain.get(f.name) for f in _RULE_FIELDS}
-    return events.RetentionRules(**values)
-
-
-def describe(rules: events.RetentionRules | dict[str, Any]) -> str:
-    """Rules as an operator writes them, e.g. ``keep-last 3, keep-within 30d``."""
-    plain = rules if isinstance(rules, dict) else events.as_dict(rules)
-    parts = [
-        f"{rule.replace('_', '-')} {plain[rule]}"
-        for rule in (*COUNT_RULES, "keep_within")
-        if plain.get(rule) is not None
-    ]
-    return ", ".join(parts) or "keep everything"
-
-
-_RULE_FIELDS = dataclasses.fields(events.RetentionRules)
 
 
 class Retention:

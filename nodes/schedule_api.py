@@ -10,12 +10,13 @@ from zoneinfo import ZoneInfo
 from ledger import events
 from ledger.contract import Entry
 from ledger.errors import InputError, NotFound, UnknownVm
-from ledger.schedule import Schedule, parse_cron, parse_schedule
+from ledger.rules import describe, has_rules, rules_from
+from ledger.schedule import Schedule, check_schedule_name, parse_cron, parse_schedule
 from ledger.service import Ledger
 from nodes.clock import Clock
 from nodes.request_args import text
-from nodes.retention_run import Retention, describe, has_rules, rules_from
-from nodes.scheduler import Scheduler, anchor_text, check_name
+from nodes.retention_run import Retention
+from nodes.scheduler import Scheduler, anchor_text
 from nodes.snapshots import Snapshots
 
 Runner = Callable[..., Awaitable[Any]]
@@ -107,7 +108,7 @@ class ScheduleApi:
     async def set_schedule(self, args: dict[str, Any]) -> dict[str, Any]:
         """Create or replace a schedule of a VM, with the retention of its snapshots."""
         vm = await self._vm(args)
-        name = check_name(str(args.get("name") or DEFAULT_NAME))
+        name = check_schedule_name(str(args.get("name") or DEFAULT_NAME))
         schedule = self._parse(args)
         rules = rules_from(args, schedule.tz)
         event = events.ScheduleSet(

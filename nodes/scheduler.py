@@ -24,12 +24,13 @@ from typing import Any
 
 from ledger import events
 from ledger.contract import Entry
-from ledger.errors import InputError, VmsnapError
+from ledger.errors import VmsnapError
+from ledger.rules import has_rules
 from ledger.schedule import Schedule, parse_schedule
 from ledger.service import Ledger
 from nodes.activity import VmBusy
 from nodes.clock import Clock
-from nodes.retention_run import Retention, has_rules
+from nodes.retention_run import Retention
 from nodes.snapshots import SnapshotFailedError, Snapshots
 
 Runner = Callable[..., Awaitable[Any]]
@@ -250,10 +251,3 @@ class Scheduler:
         await self._on_ledger(self.ledger.append, [Entry(event, version)])
         log.info("schedule %s of %s at %s: %s %s", name, vm, slot.isoformat(), outcome, detail)
         return events.as_dict(event)
-
-
-def check_name(name: str) -> str:
-    """A schedule name: 1-64 letters, digits, dots, dashes or underscores."""
-    if not name or len(name) > 64 or not all(c.isalnum() or c in "._-" for c in name):
-        raise InputError(f"invalid schedule name {name!r}: use 1-64 letters, digits, '.', '_', '-'")
-    return name

@@ -23,7 +23,8 @@ A = TypeVar("A")
 B = TypeVar("B")
 BATCH = 64
 READ_CALL = 16
-IN_FLIGHT = 2
+IN_FLIGHT = 3
+STORERS = 2
 
 
 @dataclass
@@ -60,8 +61,10 @@ class Pipeline:
 
     Batches of 64 chunks flow through: read (business node) → id and zero
     test → ask the cluster which copies are missing → compress and encrypt
-    only those → push to their R nodes. At most two batches are in memory;
-    hashing and compression run on a thread pool, off the event loop.
+    only those → push to their R nodes. Two storers take batches from one
+    reader, so one batch's network waits overlap the other's hashing; at most
+    five batches are in memory; hashing and compression run on a thread pool,
+    off the event loop.
     """
 
     def __init__(self, peers: Peers, cluster: BackupCluster, codec: ChunkCodec) -> None:
@@ -82,10 +85,12 @@ class Pipeline:
         stats = TransferStats()
         queue: asyncio.Queue[list[tuple[int, bytes]] | None] = asyncio.Queue(IN_FLIGHT)
         self.progress[source.view] = 0
+        claimed: set[bytes] = set()
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._read(source, since, queue))
-                group.create_task(self._store(queue, stats, source.view))
+                for _worker in range(STORERS):
+                    group.create_task(self._store(queue, stats, source.view, claimed))
         finally:
             self.progress.pop(source.view, None)
         stats.seconds = time.monotonic() - started
@@ -112,7 +117,8 @@ class Pipeline:
             if not page["more"] or not indexes:
                 break
             start = indexes[-1] + 1
-        await queue.put(None)
+        for _worker in range(STORERS):
+            await queue.put(None)
 
     async def _read_chunks(self, source: Source, wanted: list[int]) -> list[bytes]:
         """Read in small calls, so the business node never stalls its VMs' I/O for long."""
@@ -126,8 +132,13 @@ class Pipeline:
         return chunks
 
     async def _store(
-        self, queue: asyncio.Queue[list[tuple[int, bytes]] | None], stats: TransferStats, view: str
+        self,
+        queue: asyncio.Queue[list[tuple[int, bytes]] | None],
+        stats: TransferStats,
+        view: str,
+        claimed: set[bytes],
     ) -> None:
+        """Store batches; `claimed` holds ids another storer of this pass is already storing."""
         while (batch := await queue.get()) is not None:
             keyed = await self._parallel(self._key, batch)
             stats.chunks_read += len(batch)
@@ -135,7 +146,9 @@ class Pipeline:
             present = {idx: cid for idx, cid, _data in keyed if cid is not None}
             stats.zero_chunks += len(batch) - len(present)
             stats.chunk_map.update({idx: present.get(idx) for idx, _data in batch})
-            lacking = await self.cluster.missing(list(dict.fromkeys(present.values())))
+            unseen = [cid for cid in dict.fromkeys(present.values()) if cid not in claimed]
+            claimed.update(unseen)
+            lacking = await self.cluster.missing(unseen)
             plain = {cid: data for _idx, cid, data in keyed if cid in lacking}
             stored = dict(await self._parallel(self._encode, list(plain.items())))
             stats.new_chunks += len(stored)

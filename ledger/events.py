@@ -326,6 +326,58 @@ class SnapshotProtected(OnVmStream, Event):
     protected: bool
 
 
+@dataclass(frozen=True)
+class MirrorTag:
+    """A tag on one disk's mirror journal: where it stood (records) and its hash there."""
+
+    resource_id: str
+    node: str
+    mirror: str
+    position: int
+    head: str
+
+
+@dataclass(frozen=True)
+class RollbackStartTagged(OnVmStream, Event):
+    """Fast rollback: the mirrors exist; the start tags of their journals."""
+
+    rollback: str
+    vm: str
+    tags: tuple[MirrorTag, ...]
+    auto: bool
+
+
+@dataclass(frozen=True)
+class RollbackRestored(OnVmStream, Event):
+    """Fast rollback: the snapshot's chunks are back in the business volumes."""
+
+    rollback: str
+    vm: str
+    chunks_checked: int
+    chunks_restored: int
+    bytes_restored: int
+
+
+@dataclass(frozen=True)
+class RollbackEndTagged(OnVmStream, Event):
+    """Fast rollback: the end tags, and the root of the difference replayed between the tags."""
+
+    rollback: str
+    vm: str
+    tags: tuple[MirrorTag, ...]
+    difference_root: str
+    changed_chunks: int
+
+
+@dataclass(frozen=True)
+class RollbackAbandoned(OnVmStream, Event):
+    """A fast rollback was undone before the VM ran on its mirrors."""
+
+    rollback: str
+    vm: str
+    reason: str
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -351,6 +403,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RetentionPolicyCleared,
         RetentionApplied,
         SnapshotProtected,
+        RollbackStartTagged,
+        RollbackRestored,
+        RollbackEndTagged,
+        RollbackAbandoned,
     )
 }
 
@@ -375,7 +431,7 @@ def decode(payload: bytes) -> Event:
         raise LedgerCorrupted(f"undecodable event payload: {err}") from err
 
 
-def as_dict(event: Event | RetentionRules) -> dict[str, Any]:
+def as_dict(event: Event | RetentionRules | MirrorTag) -> dict[str, Any]:
     """Return an event's (or a value's) fields as plain data (for JSON and the projection)."""
     plain = _plain(event)
     assert isinstance(plain, dict)

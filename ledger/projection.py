@@ -303,7 +303,7 @@ def _rollback_started(session: Session, record: LedgerRecord, event: Any) -> Non
 def _rollback_finished(session: Session, record: LedgerRecord, event: Any) -> None:
     row = session.get(RollbackRow, event.rollback)
     if row is not None:
-        row.status, row.finished_at_ms = "finished", event.at_ms
+        row.status, row.finished_at_ms, row.phase = "finished", event.at_ms, "finished"
         row.chunks_checked, row.chunks_restored = event.chunks_checked, event.chunks_restored
         row.bytes_restored = event.bytes_restored
 

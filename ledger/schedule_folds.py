@@ -1,4 +1,4 @@
-"""Folds and queries of schedules, their runs, retention policies and snapshot protection."""
+"""Folds and queries of schedules, runs, retention policies, protection and fast rollbacks."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ledger import events
 from ledger.contract import LedgerRecord
 from ledger.tables import (
     RetentionPolicyRow,
+    RollbackRow,
     ScheduleRow,
     ScheduleRunRow,
     SnapshotRow,
@@ -82,7 +83,41 @@ def _protected(session: Session, record: LedgerRecord, event: Any) -> None:
         snapshot.protected = event.protected
 
 
+def _start_tagged(session: Session, record: LedgerRecord, event: Any) -> None:
+    row = session.get(RollbackRow, event.rollback)
+    if row is not None:
+        row.phase, row.auto = "mirrored", event.auto
+        row.start_tags = [events.as_dict(t) for t in event.tags]
+
+
+def _restored(session: Session, record: LedgerRecord, event: Any) -> None:
+    row = session.get(RollbackRow, event.rollback)
+    if row is not None:
+        row.phase = "restored"
+        row.chunks_checked, row.chunks_restored = event.chunks_checked, event.chunks_restored
+        row.bytes_restored = event.bytes_restored
+
+
+def _end_tagged(session: Session, record: LedgerRecord, event: Any) -> None:
+    row = session.get(RollbackRow, event.rollback)
+    if row is not None:
+        row.phase, row.difference_root = "ending", event.difference_root
+        row.end_tags = [events.as_dict(t) for t in event.tags]
+        row.changed_chunks = event.changed_chunks
+
+
+def _abandoned(session: Session, record: LedgerRecord, event: Any) -> None:
+    row = session.get(RollbackRow, event.rollback)
+    if row is not None:
+        row.status, row.phase, row.reason = "abandoned", "abandoned", event.reason
+        row.finished_at_ms = event.at_ms
+
+
 FOLDS: dict[type[events.Event], Callable[[Session, LedgerRecord, Any], None]] = {
+    events.RollbackStartTagged: _start_tagged,
+    events.RollbackRestored: _restored,
+    events.RollbackEndTagged: _end_tagged,
+    events.RollbackAbandoned: _abandoned,
     events.ScheduleSet: _schedule_set,
     events.ScheduleCleared: _schedule_cleared,
     events.ScheduledRun: _scheduled_run,

@@ -125,6 +125,13 @@ class RollbackRow(Base):
     chunks_checked: Mapped[int] = mapped_column(BigInteger, default=0)
     chunks_restored: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_restored: Mapped[int] = mapped_column(BigInteger, default=0)
+    phase: Mapped[str] = mapped_column(String(16), default="started")
+    auto: Mapped[bool] = mapped_column(Boolean, default=False)
+    start_tags: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    end_tags: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    difference_root: Mapped[str | None] = mapped_column(String(64), default=None)
+    changed_chunks: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class ScheduleRow(Base):
@@ -179,7 +186,7 @@ class MetaRow(Base):
     schema: Mapped[int] = mapped_column(Integer)
 
 
-SCHEMA = 2
+SCHEMA = 3
 TABLES: tuple[type[Base], ...] = (
     EventRow,
     StreamRow,

@@ -128,18 +128,24 @@ class ControllerApi:
             timeout=SNAPSHOT_TIMEOUT,
         )
 
-    def rollback(self, vm: str, snapshot: str) -> dict[str, Any]:
-        """Roll a VM back to a snapshot (normal rollback)."""
-        run = controller(self.config)
-        return call_sync(
-            run.host,
-            run.port,
-            self.config.secret(),
-            "rollback.start",
-            {"vm": vm, "snapshot": snapshot},
-            peer=run.name,
-            timeout=SNAPSHOT_TIMEOUT,
-        )
+    def rollback(
+        self, vm: str, snapshot: str, fast: bool = False, auto: bool = False
+    ) -> dict[str, Any]:
+        """Roll a VM back to a snapshot: normal, or fast (answers once the VM runs on mirrors)."""
+        args = {"vm": vm, "snapshot": snapshot, "fast": fast, "auto": auto}
+        return self._call("rollback.start", args, SNAPSHOT_TIMEOUT)
+
+    def rollback_status(self, vm: str) -> dict[str, Any]:
+        """The VM's rollback in progress, or its last one."""
+        return dict(self._call("rollback.status", {"vm": vm})["rollback"])
+
+    def finish_rollback(self, vm: str) -> dict[str, Any]:
+        """End a fast rollback."""
+        return self._call("rollback.finish", {"vm": vm}, SNAPSHOT_TIMEOUT)
+
+    def rollback_diff(self, ref: str) -> dict[str, Any]:
+        """Audit a fast rollback's difference against the chain."""
+        return self._call("rollback.diff", {"ref": ref}, SNAPSHOT_TIMEOUT)
 
     def rollbacks(self, vm: str | None = None) -> list[dict[str, Any]]:
         """Rollbacks, optionally of one VM."""

@@ -12,8 +12,12 @@ from typing import Any, TypeVar
 
 from ledger.errors import InputError
 from nodes.chunk_store import ChunkStore
+from nodes.chunks import ChunkCodec
 from nodes.config import Config
 from nodes.errors import ChunkCorrupted, ChunkMissing
+from nodes.mirror_service import MirrorService
+from nodes.peers import Peers, node_names
+from nodes.replication import BackupCluster
 from nodes.request_args import blobs, integer
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -31,6 +35,12 @@ class Backup:
         self.name = name
         self.store = ChunkStore(config.node_dir(name) / "chunks")
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self.peers = Peers(config, name)
+        cluster = BackupCluster(self.peers, node_names(config, "backup"), config.topology.replicas)
+        codec = ChunkCodec(config.data_key(), config.storage.compression_level)
+        self.mirrors = MirrorService(
+            config.node_dir(name) / "mirrors", name, self.peers, cluster, codec
+        )
 
     @classmethod
     async def open(cls, config: Config, name: str) -> Backup:
@@ -38,7 +48,9 @@ class Backup:
         return await asyncio.to_thread(cls, config, name)
 
     async def close(self) -> None:
-        """Sync and close the store."""
+        """Sync and close the store, the journals and the connections."""
+        await self.peers.close()
+        self.mirrors.close()
         await self._run(self.store.close)
         self._worker.shutdown(wait=True)
 
@@ -56,6 +68,7 @@ class Backup:
             "chunk.list": self.list_ids,
             "store.scrub": self.scrub,
             "store.compact": self.compact,
+            **self.mirrors.handlers(),
         }
 
     async def status(self, args: dict[str, Any]) -> dict[str, Any]:

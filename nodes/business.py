@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 from collections.abc import Awaitable, Callable
@@ -13,8 +14,12 @@ from ledger.errors import InputError, NotFound
 from nodes.chunks import ChunkCodec, is_zero
 from nodes.config import Config
 from nodes.nbd import NbdServer
+from nodes.peers import Peers
 from nodes.request_args import integer, text
+from nodes.switch import RemoteMirror, Switch
 from nodes.volume import Volume
+
+REDIRECT = "redirect.json"
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 MAX_IO = 4 * 1024 * 1024
@@ -42,12 +47,16 @@ class Business:
         self.root = config.node_dir(name) / "volumes"
         self.root.mkdir(parents=True, exist_ok=True)
         self.codec = ChunkCodec(config.data_key(), config.storage.compression_level)
+        self.peers = Peers(config, name)
         self.volumes: dict[str, Volume] = {}
+        self.switches: dict[str, Switch] = {}
         for folder in sorted(p.parent for p in self.root.glob("*/*/meta.sqlite")):
-            self.volumes[f"{folder.parent.name}/{folder.name}"] = Volume.open(folder)
+            export = f"{folder.parent.name}/{folder.name}"
+            self.volumes[export] = Volume.open(folder)
+            self.switches[export] = Switch(self._served(self.volumes[export]))
         port = config.network.base_port + 100 + int(name.rsplit("-", 1)[1])
         self.nbd = NbdServer(
-            dict(self.volumes),
+            dict(self.switches),
             host=config.network.host,
             port=port if config.network.base_port else 0,
         )
@@ -60,9 +69,18 @@ class Business:
         _host, node.nbd_port = await node.nbd.start()
         return node
 
+    def _served(self, volume: Volume) -> Volume | RemoteMirror:
+        """What a volume's export serves: a mirror while a fast rollback redirects it."""
+        redirect = volume.folder / REDIRECT
+        if not redirect.exists():
+            return volume
+        target = json.loads(redirect.read_text())
+        return RemoteMirror(self.peers, target["node"], target["mirror"], volume.size)
+
     async def close(self) -> None:
         """Stop serving, make writes durable and close the volumes."""
         await self.nbd.close()
+        await self.peers.close()
         for volume in self.volumes.values():
             volume.sync()
             volume.close()
@@ -85,6 +103,9 @@ class Business:
             "volume.changed": self.changed,
             "volume.read_chunks": self.read_chunks,
             "volume.chunk_ids": self.chunk_ids,
+            "volume.redirect": self.redirect,
+            "volume.hold": self.hold,
+            "volume.serve_local": self.serve_local,
         }
 
     def _volume(self, args: dict[str, Any]) -> tuple[str, Volume]:
@@ -118,7 +139,8 @@ class Business:
                 Volume.create, self.root / vm / resource_id, size, chunk
             )
             self.volumes[name] = volume
-            self.nbd.add_export(name, volume)
+            self.switches[name] = Switch(volume)
+            self.nbd.add_export(name, self.switches[name])
         elif volume.size != size:
             raise InputError(f"volume {name} exists with size {volume.size}, not {size}")
         return self._describe(name, volume)
@@ -128,6 +150,7 @@ class Business:
         name, volume = self._volume(args)
         self.nbd.remove_export(name)
         del self.volumes[name]
+        del self.switches[name]
         volume.close()
         await asyncio.to_thread(shutil.rmtree, volume.folder)
         return {"deleted": name}
@@ -234,6 +257,32 @@ class Business:
         indexes = await asyncio.to_thread(page)
         return {"indexes": indexes, "more": len(indexes) == limit}
 
+    async def redirect(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Serve the disk's export from a mirror on a backup node (fast rollback)."""
+        name, volume = self._volume(args)
+        target = {"node": text(args, "node"), "mirror": text(args, "mirror")}
+        switch = self.switches[name]
+        await switch.hold()
+        await asyncio.to_thread(_write_json, volume.folder / REDIRECT, target)
+        switch.release(RemoteMirror(self.peers, target["node"], target["mirror"], volume.size))
+        return {"export": name, "serving": "mirror", **target}
+
+    async def hold(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Hold the export's new requests and wait for those in flight (before switching back)."""
+        name, _volume = self._volume(args)
+        await self.switches[name].hold()
+        return {"export": name, "held": True}
+
+    async def serve_local(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Serve the export from the volume again; held requests go to the volume."""
+        name, volume = self._volume(args)
+        switch = self.switches[name]
+        await switch.hold()
+        await asyncio.to_thread(volume.sync)
+        (volume.folder / REDIRECT).unlink(missing_ok=True)
+        switch.release(volume)
+        return {"export": name, "serving": "volume"}
+
     async def read_chunks(self, args: dict[str, Any]) -> dict[str, Any]:
         """Up to 64 chunks of a view, by index."""
         _name, volume = self._volume(args)
@@ -276,3 +325,12 @@ def _allocated(folder: Path) -> int:
 def _range(volume: Volume, offset: int, length: int) -> None:
     if length > MAX_IO or offset < 0 or length < 0 or offset + length > volume.size:
         raise InputError(f"range {offset}+{length} is outside the volume or over {MAX_IO} bytes")
+
+
+def _write_json(path: Path, body: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as out:
+        json.dump(body, out)
+        out.flush()
+        os.fsync(out.fileno())
+    tmp.replace(path)

@@ -22,6 +22,7 @@ from nodes.clock import Clock, SystemClock, local_zone_name
 from nodes.config import Config
 from nodes.deletion import Deletion
 from nodes.errors import NodeError
+from nodes.fast_rollback import FastRollbacks
 from nodes.peers import Peers, node_names
 from nodes.placement import Placement
 from nodes.replication import BackupCluster
@@ -86,6 +87,9 @@ class Controller:
         )
         driver = open_driver(VmDriverSettings(**dataclasses.asdict(config.vm_driver)))
         self.rollbacks = Rollbacks(ledger, self.snapshots, driver, self._run)
+        self.fast = FastRollbacks(
+            ledger, self.snapshots, self.cluster, self.codec, driver, self._run
+        )
         self._recovered = False
         self._recovery_task: asyncio.Task[None] | None = None
         self._recovery = asyncio.Lock()
@@ -128,6 +132,9 @@ class Controller:
             "backup.gc": self.collect_garbage,
             "rollback.start": self.start_rollback,
             "rollback.list": self.list_rollbacks,
+            "rollback.status": self.rollback_status,
+            "rollback.finish": self.finish_rollback,
+            "rollback.diff": self.rollback_diff,
             "ledger.log": self.ledger_log,
             "ledger.head": self.ledger_head,
             "ledger.verify": self.ledger_verify,
@@ -205,6 +212,7 @@ class Controller:
             if not self._recovered:
                 await self.snapshots.recover()
                 await self.rollbacks.recover()
+                await self.fast.recover()
                 self._recovered = True
 
     async def create_snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -250,9 +258,31 @@ class Controller:
         return await self.deletion.collect()
 
     async def start_rollback(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Roll a VM back to a snapshot (normal rollback)."""
+        """Roll a VM back to a snapshot: normal, or fast (on a mirror at once)."""
         await self._recover()
-        return await self.rollbacks.start(text(args, "vm"), text(args, "snapshot"))
+        vm, snapshot = text(args, "vm"), text(args, "snapshot")
+        if args.get("fast"):
+            return await self.fast.start(vm, snapshot, bool(args.get("auto", False)))
+        return await self.rollbacks.start(vm, snapshot)
+
+    async def rollback_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The VM's rollback in progress (or its last): phase, restore progress, journals."""
+        vm = text(args, "vm")
+        if await self._run(self.ledger.projection.vm, vm) is None:
+            raise UnknownVm(vm)
+        return {"rollback": await self.fast.status(vm)}
+
+    async def finish_rollback(self, args: dict[str, Any]) -> dict[str, Any]:
+        """End a fast rollback: end tag, difference on chain, back on business storage."""
+        vm = text(args, "vm")
+        if await self._run(self.ledger.projection.vm, vm) is None:
+            raise UnknownVm(vm)
+        await self._recover()
+        return await self.fast.finish(vm)
+
+    async def rollback_diff(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Recompute a fast rollback's difference from its journal and compare with the chain."""
+        return await self.fast.audit(text(args, "ref"))
 
     async def list_rollbacks(self, args: dict[str, Any]) -> dict[str, Any]:
         """Rollbacks, optionally of one VM."""

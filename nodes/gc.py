@@ -105,11 +105,14 @@ async def sweep(cluster: BackupCluster, marked: set[bytes], report: GcReport) ->
 
 
 async def collect(
-    cluster: BackupCluster, codec: ChunkCodec, live: Sequence[dict[str, Any]]
+    cluster: BackupCluster,
+    codec: ChunkCodec,
+    live: Sequence[dict[str, Any]],
+    also: set[bytes] | None = None,
 ) -> GcReport:
-    """Mark from the live snapshots' manifests, then sweep."""
+    """Mark from the live snapshots' manifests (and `also`), then sweep."""
     report = GcReport(live_snapshots=len(live))
-    marked = await mark(cluster, codec, live)
+    marked = await mark(cluster, codec, live) | (also or set())
     report.referenced = len(marked)
     await sweep(cluster, marked, report)
     return report

@@ -11,7 +11,7 @@ import blake3
 
 from ledger import events
 from ledger.contract import Entry
-from ledger.errors import InputError, VmsnapError
+from ledger.errors import Conflict, InputError, VmsnapError
 from ledger.service import Ledger
 from nodes.snapshots import Snapshots
 from nodes.vm_driver import VmDriver
@@ -58,6 +58,11 @@ class Rollbacks:
         if snap["status"] != "committed":
             raise InputError(f"snapshot {snap['id'][:12]} is {snap['status']}, not committed")
         running = await self._on_ledger(self.ledger.projection.rollbacks, vm, "running")
+        if running and running[0]["mode"] != "normal":
+            raise Conflict(
+                f"VM {vm!r} has a fast rollback in progress ({running[0]['id'][:12]}); "
+                f"finish it first (vmsnap rollback finish {vm})"
+            )
         if running and running[0]["snapshot"] == snap["id"]:
             rollback = running[0]["id"]
         else:
@@ -116,6 +121,8 @@ class Rollbacks:
         """Finish every rollback a crash interrupted."""
         running = await self._on_ledger(self.ledger.projection.rollbacks, None, "running")
         for row in running:
+            if row["mode"] != "normal":
+                continue
             snap = await self.snapshots.resolve(row["snapshot"])
             log.info("resuming rollback %s of %s", row["id"][:12], row["vm"])
             with self.snapshots.activity.claim(row["vm"], "rollback", row["id"]):

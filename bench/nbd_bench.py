@@ -208,6 +208,14 @@ class TinyClient:
         if (magic, error, answered) != (0x67446698, 0, handle):
             raise RuntimeError(f"write failed: error {error}")
 
+    def read(self, offset: int, length: int, handle: int) -> bytes:
+        """One NBD_CMD_READ (simple reply)."""
+        self.sock.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, handle, offset, length))
+        magic, error, answered = struct.unpack(">IIQ", self._recv(16))
+        if (magic, error, answered) != (0x67446698, 0, handle):
+            raise RuntimeError(f"read failed: error {error}")
+        return self._recv(length)
+
     def close(self) -> None:
         """Leave politely: NBD_CMD_DISC in transmission, NBD_OPT_ABORT before it."""
         if self._in_transmission:

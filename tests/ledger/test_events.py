@@ -24,6 +24,7 @@ RULES = events.RetentionRules(
     keep_within="30d",
     tz="Europe/Berlin",
 )
+TAG = events.MirrorTag("root", "backup-2", "ef" * 32, 0, "34" * 32)
 SAMPLES: dict[type[events.Event], events.Event] = {
     events.LedgerOpened: events.LedgerOpened(
         at_ms=1_767_225_600_000,
@@ -143,6 +144,28 @@ SAMPLES: dict[type[events.Event], events.Event] = {
     ),
     events.SnapshotProtected: events.SnapshotProtected(
         at_ms=1_767_225_615_000, snapshot="ab" * 32, vm="web-1", protected=True
+    ),
+    events.RollbackStartTagged: events.RollbackStartTagged(
+        at_ms=1_767_225_616_000, rollback="cd" * 32, vm="web-1", tags=(TAG,), auto=False
+    ),
+    events.RollbackRestored: events.RollbackRestored(
+        at_ms=1_767_225_617_000,
+        rollback="cd" * 32,
+        vm="web-1",
+        chunks_checked=100,
+        chunks_restored=4,
+        bytes_restored=262144,
+    ),
+    events.RollbackEndTagged: events.RollbackEndTagged(
+        at_ms=1_767_225_618_000,
+        rollback="cd" * 32,
+        vm="web-1",
+        tags=(TAG,),
+        difference_root="12" * 32,
+        changed_chunks=2,
+    ),
+    events.RollbackAbandoned: events.RollbackAbandoned(
+        at_ms=1_767_225_619_000, rollback="cd" * 32, vm="web-1", reason="interrupted"
     ),
 }
 

@@ -39,7 +39,7 @@ class Backup:
         cluster = BackupCluster(self.peers, node_names(config, "backup"), config.topology.replicas)
         codec = ChunkCodec(config.data_key(), config.storage.compression_level)
         self.mirrors = MirrorService(
-            config.node_dir(name) / "mirrors", name, self.peers, cluster, codec
+            config.node_dir(name) / "mirrors", name, self.peers, cluster, codec, self._local
         )
 
     @classmethod
@@ -56,6 +56,17 @@ class Backup:
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    async def _local(self, chunk_id: bytes) -> bytes | None:
+        """The copy of a chunk in this node's store, if it holds a sound one."""
+
+        def fetch() -> bytes | None:
+            try:
+                return self.store.get(chunk_id)
+            except (ChunkMissing, ChunkCorrupted):
+                return None
+
+        return await self._run(fetch)
 
     def handlers(self) -> dict[str, Handler]:
         """The operations this node serves."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.errors import InputError, NotFound
+from nodes.blockdev import STATE_HOLE
 from nodes.chunks import ChunkCodec, is_zero
 from nodes.config import Config
 from nodes.nbd import NbdServer
@@ -103,6 +104,7 @@ class Business:
             "volume.changed": self.changed,
             "volume.read_chunks": self.read_chunks,
             "volume.chunk_ids": self.chunk_ids,
+            "volume.allocated": self.allocated,
             "volume.redirect": self.redirect,
             "volume.hold": self.hold,
             "volume.serve_local": self.serve_local,
@@ -294,6 +296,27 @@ class Business:
         view = volume.view(text(args, "view"))
         chunks = await asyncio.to_thread(lambda: [view.read_chunk(i) for i in indexes])
         return {"chunks": chunks}
+
+    async def allocated(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Indexes (from `start`, at most `limit`) of chunks holding data; the rest are holes."""
+        _name, volume = self._volume(args)
+        start, limit = integer(args, "start", 0), min(integer(args, "limit", 65536), 65536)
+
+        def page() -> list[int]:
+            found: list[int] = []
+            position = start * volume.chunk_size
+            for extent in volume.allocation(position, volume.size - position):
+                if not extent.flags & STATE_HOLE:
+                    first = position // volume.chunk_size
+                    last = (position + extent.length - 1) // volume.chunk_size
+                    found.extend(i for i in range(first, last + 1) if not found or i > found[-1])
+                    if len(found) >= limit:
+                        return found[:limit]
+                position += extent.length
+            return found
+
+        indexes = await asyncio.to_thread(page)
+        return {"indexes": indexes, "more": len(indexes) == limit}
 
     async def chunk_ids(self, args: dict[str, Any]) -> dict[str, Any]:
         """Ids of up to 64 live chunks (None for an all-zero chunk), to compare with a manifest."""

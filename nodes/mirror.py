@@ -34,6 +34,7 @@ from nodes.replication import BackupCluster
 
 CACHE_CHUNKS = 256
 Replicate = Callable[[list[Record]], Awaitable[None]]
+LocalGet = Callable[[bytes], Awaitable[bytes | None]]
 
 
 class MirrorError(NodeError):
@@ -63,8 +64,10 @@ class Mirror:
         base: dict[int, bytes],
         cluster: BackupCluster,
         codec: ChunkCodec,
+        local: LocalGet | None = None,
     ) -> None:
         self.folder = folder
+        self.local = local
         self.meta = meta
         self.base = base
         self.cluster = cluster
@@ -82,15 +85,22 @@ class Mirror:
         base: dict[int, bytes],
         cluster: BackupCluster,
         codec: ChunkCodec,
+        local: LocalGet | None = None,
     ) -> Mirror:
         """Write the mirror's metadata and base map; the journal starts empty."""
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "base.cbor").write_bytes(cbor2.dumps(sorted(base.items())))
         _write_meta(folder, meta)
-        return cls(folder, meta, base, cluster, codec)
+        return cls(folder, meta, base, cluster, codec, local)
 
     @classmethod
-    def open(cls, folder: Path, cluster: BackupCluster, codec: ChunkCodec) -> Mirror:
+    def open(
+        cls,
+        folder: Path,
+        cluster: BackupCluster,
+        codec: ChunkCodec,
+        local: LocalGet | None = None,
+    ) -> Mirror:
         """Reopen a mirror after a restart."""
         meta = MirrorMeta(**json.loads((folder / "meta.json").read_text()))
         base_file = folder / "base.cbor"
@@ -99,7 +109,7 @@ class Mirror:
             if (base_file.exists())
             else {}
         )
-        return cls(folder, meta, base, cluster, codec)
+        return cls(folder, meta, base, cluster, codec, local)
 
     def tag(self) -> dict[str, Any]:
         """The journal's position and head hash now."""
@@ -136,7 +146,9 @@ class Mirror:
         if cached is not None:
             self._cache.move_to_end(chunk)
             return cached
-        blob = (await self.cluster.get([chunk]))[chunk]
+        blob = await self.local(chunk) if self.local is not None else None
+        if blob is None:
+            blob = (await self.cluster.get([chunk]))[chunk]
         data = await asyncio.to_thread(self.codec.decode, chunk, blob)
         self._remember(chunk, data)
         return data

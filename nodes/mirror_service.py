@@ -12,7 +12,7 @@ from ledger.errors import InputError
 from nodes.chunks import ChunkCodec
 from nodes.journal import RECORD, Journal, JournalBroken, Record
 from nodes.manifest_store import load_manifest
-from nodes.mirror import Mirror, MirrorError, MirrorMeta
+from nodes.mirror import LocalGet, Mirror, MirrorError, MirrorMeta
 from nodes.peers import Peers
 from nodes.replication import BackupCluster, placement
 from nodes.request_args import blob, integer, text
@@ -32,9 +32,16 @@ class MirrorService:
     """Mirrors held by this backup node, and journal copies of mirrors held elsewhere."""
 
     def __init__(
-        self, root: Path, name: str, peers: Peers, cluster: BackupCluster, codec: ChunkCodec
+        self,
+        root: Path,
+        name: str,
+        peers: Peers,
+        cluster: BackupCluster,
+        codec: ChunkCodec,
+        local: LocalGet | None = None,
     ) -> None:
         self.root = root
+        self.local = local
         self.name = name
         self.peers = peers
         self.cluster = cluster
@@ -44,7 +51,7 @@ class MirrorService:
         root.mkdir(parents=True, exist_ok=True)
         for meta in sorted(root.glob("*/meta.json")):
             try:
-                mirror = Mirror.open(meta.parent, cluster, codec)
+                mirror = Mirror.open(meta.parent, cluster, codec, local)
             except JournalBroken as err:
                 log.warning("mirror %s not served: %s", meta.parent.name[:12], err)
                 continue
@@ -95,7 +102,13 @@ class MirrorService:
             manifest_id.hex(),
         )
         mirror = await asyncio.to_thread(
-            Mirror.create, self.root / ident, meta, dict(manifest.entries), self.cluster, self.codec
+            Mirror.create,
+            self.root / ident,
+            meta,
+            dict(manifest.entries),
+            self.cluster,
+            self.codec,
+            self.local,
         )
         self.mirrors[ident] = mirror
         return mirror.tag()

@@ -287,10 +287,11 @@ class Transfer:
         )
         target = {"vm": vm, "resource_id": resource_id}
         wanted = dict(manifest.entries)
-        chunks = -(-manifest.size // manifest.chunk_size)
+        # Only chunks holding data now or in the snapshot can differ: holes match holes.
+        candidates = sorted(set(wanted) | set(await self._allocated(node, target)))
         checked = restored = written = 0
-        for start in range(0, chunks, BATCH):
-            indexes = list(range(start, min(start + BATCH, chunks)))
+        for start in range(0, len(candidates), BATCH):
+            indexes = candidates[start : start + BATCH]
             live = await self.peers.call(node, "volume.chunk_ids", {**target, "indexes": indexes})
             differ = [
                 i for i, cid in zip(indexes, live["ids"], strict=True) if cid != wanted.get(i)
@@ -313,6 +314,16 @@ class Transfer:
                 written += length
         await self.peers.call(node, "volume.flush", target)
         return {"chunks_checked": checked, "chunks_restored": restored, "bytes_restored": written}
+
+    async def _allocated(self, node: str, target: dict[str, Any]) -> list[int]:
+        found: list[int] = []
+        start = 0
+        while True:
+            page = await self.peers.call(node, "volume.allocated", {**target, "start": start})
+            found.extend(page["indexes"])
+            if not page["more"] or not page["indexes"]:
+                return found
+            start = page["indexes"][-1] + 1
 
     async def discard(self, args: dict[str, Any]) -> dict[str, Any]:
         """Forget a snapshot: chunks go straight to the backup cluster, so nothing is staged."""

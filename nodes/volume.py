@@ -139,6 +139,10 @@ class Volume:
         """Report holes and data from the sparse file."""
         return extents(self._data, offset, min(length, self._size - offset))
 
+    def allocation(self, offset: int, length: int) -> list[Extent]:
+        """Holes and data of the live contents, synchronously."""
+        return extents(self._data, offset, min(length, self._size - offset))
+
     # -- synchronous core -----------------------------------------------------
 
     def read_live(self, offset: int, length: int) -> bytes:

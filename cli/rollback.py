@@ -71,7 +71,12 @@ def status(
         emit_json(row)
         return
     restore = row.get("restore")
-    progress = f"{restore['checked']}/{restore['chunks']} chunks" if restore else "-"
+    if restore is None:
+        progress = "done" if row["phase"] not in ("started", "mirrored") else "-"
+    elif restore.get("waiting"):
+        progress = f"waiting: {restore['waiting']}"
+    else:
+        progress = f"{restore['checked']}/{restore['chunks']} chunks checked"
     written = sum(j["written_since_start"] for j in row.get("journals") or [])
     table(
         f"rollback {row['id'][:12]} of {vm}",

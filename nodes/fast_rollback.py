@@ -71,7 +71,6 @@ class FastRollbacks:
         self.driver = driver
         self._on_ledger = on_ledger
         self._restores: dict[str, asyncio.Task[None]] = {}
-        self._progress: dict[str, dict[str, int]] = {}
         self._finishing: dict[str, asyncio.Lock] = {}
 
     @property
@@ -184,8 +183,6 @@ class FastRollbacks:
     async def _restore(self, rollback: str, vm: str, snap: dict[str, Any]) -> None:
         totals = {"chunks_checked": 0, "chunks_restored": 0, "bytes_restored": 0}
         disks = await self.snapshots.disks_of(snap)
-        chunks = sum(-(-int(d["size"]) // int(d["chunk_size"])) for d in snap["disk_details"])
-        self._progress[rollback] = {"chunks": chunks, "checked": 0}
         for disk in disks:
             detail = next(
                 d for d in snap["disk_details"] if d["resource_id"] == disk["resource_id"]
@@ -203,7 +200,6 @@ class FastRollbacks:
             )
             for key in totals:
                 totals[key] += int(reply[key])
-            self._progress[rollback]["checked"] = totals["chunks_checked"]
         await self._append(events.RollbackRestored(self.ledger.now_ms(), rollback, vm, **totals))
 
     async def status(self, vm: str) -> dict[str, Any]:
@@ -212,7 +208,7 @@ class FastRollbacks:
         if not rows:
             raise NotFound(f"VM {vm!r} has never been rolled back")
         row = dict(rows[-1])
-        row["restore"] = self._progress.get(row["id"])
+        row["restore"] = await self._restore_progress(row)
         if row["status"] == "running" and row["start_tags"]:
             journals = []
             for tag in row["start_tags"]:
@@ -226,6 +222,29 @@ class FastRollbacks:
                 )
             row["journals"] = journals
         return row
+
+    async def _restore_progress(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """Chunks of the background restore checked so far, per disk (None when not running)."""
+        if row["mode"] != "fast" or row["phase"] != "mirrored" or row["status"] != "running":
+            return None
+        snap = await self.snapshots.resolve(row["snapshot"])
+        disks = []
+        for detail in snap["disk_details"]:
+            try:
+                reply = await self.peers.call(
+                    self.snapshots.transfer_node(row["vm"]),
+                    "transfer.restore_progress",
+                    {"vm": row["vm"], "resource_id": detail["resource_id"]},
+                )
+            except VmsnapError as err:
+                return {"disks": [], "chunks": 0, "checked": 0, "waiting": str(err)}
+            disks.append({"resource_id": detail["resource_id"], "progress": reply["progress"]})
+        running = [d["progress"] for d in disks if d["progress"]]
+        return {
+            "disks": disks,
+            "chunks": sum(p["chunks"] for p in running),
+            "checked": sum(p["checked"] for p in running),
+        }
 
     async def finish(self, vm: str) -> dict[str, Any]:
         """End the fast rollback of `vm`: tag, difference, apply, switch back, restart."""
@@ -294,7 +313,6 @@ class FastRollbacks:
                 seconds,
             )
         )
-        self._progress.pop(rollback, None)
         return {
             "rollback": rollback,
             "vm": vm,

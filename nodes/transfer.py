@@ -189,6 +189,7 @@ class Transfer:
         self.codec = codec
         self.pipeline = Pipeline(self.peers, cluster, codec)
         self.processed = 0
+        self.restoring: dict[str, dict[str, int]] = {}
 
     @classmethod
     async def open(cls, config: Config, name: str) -> Transfer:
@@ -210,6 +211,7 @@ class Transfer:
             "transfer.progress": self.report_progress,
             "transfer.discard": self.discard,
             "transfer.restore": self.restore,
+            "transfer.restore_progress": self.restore_progress,
         }
 
     async def status(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -290,30 +292,57 @@ class Transfer:
         # Only chunks holding data now or in the snapshot can differ: holes match holes.
         candidates = sorted(set(wanted) | set(await self._allocated(node, target)))
         checked = restored = written = 0
-        for start in range(0, len(candidates), BATCH):
-            indexes = candidates[start : start + BATCH]
-            live = await self.peers.call(node, "volume.chunk_ids", {**target, "indexes": indexes})
-            differ = [
-                i for i, cid in zip(indexes, live["ids"], strict=True) if cid != wanted.get(i)
-            ]
-            checked += len(indexes)
-            fetched = await self.cluster.get([wanted[i] for i in differ if i in wanted])
-            for i in differ:
-                offset = i * manifest.chunk_size
-                length = min(manifest.chunk_size, manifest.size - offset)
-                if i in wanted:
-                    data = await asyncio.to_thread(self.codec.decode, wanted[i], fetched[wanted[i]])
-                    await self.peers.call(
-                        node, "volume.write", {**target, "offset": offset, "data": data}
-                    )
-                else:
-                    await self.peers.call(
-                        node, "volume.zero", {**target, "offset": offset, "length": length}
-                    )
-                restored += 1
-                written += length
+        key = f"{vm}/{resource_id}"
+        self.restoring[key] = {"chunks": len(candidates), "checked": 0}
+        try:
+            for start in range(0, len(candidates), BATCH):
+                checked, restored, written = await self._restore_batch(
+                    node,
+                    target,
+                    manifest,
+                    wanted,
+                    candidates[start : start + BATCH],
+                    (checked, restored, written),
+                )
+                self.restoring[key]["checked"] = checked
+        finally:
+            self.restoring.pop(key, None)
         await self.peers.call(node, "volume.flush", target)
         return {"chunks_checked": checked, "chunks_restored": restored, "bytes_restored": written}
+
+    async def _restore_batch(
+        self,
+        node: str,
+        target: dict[str, Any],
+        manifest: Manifest,
+        wanted: dict[int, bytes],
+        indexes: list[int],
+        counts: tuple[int, int, int],
+    ) -> tuple[int, int, int]:
+        checked, restored, written = counts
+        live = await self.peers.call(node, "volume.chunk_ids", {**target, "indexes": indexes})
+        differ = [i for i, cid in zip(indexes, live["ids"], strict=True) if cid != wanted.get(i)]
+        checked += len(indexes)
+        fetched = await self.cluster.get([wanted[i] for i in differ if i in wanted])
+        for i in differ:
+            offset = i * manifest.chunk_size
+            length = min(manifest.chunk_size, manifest.size - offset)
+            if i in wanted:
+                data = await asyncio.to_thread(self.codec.decode, wanted[i], fetched[wanted[i]])
+                await self.peers.call(
+                    node, "volume.write", {**target, "offset": offset, "data": data}
+                )
+            else:
+                await self.peers.call(
+                    node, "volume.zero", {**target, "offset": offset, "length": length}
+                )
+            restored += 1
+            written += length
+        return checked, restored, written
+
+    async def restore_progress(self, args: dict[str, Any]) -> dict[str, Any]:
+        """How far the restore of a VM disk is (None when none runs)."""
+        return {"progress": self.restoring.get(f"{text(args, 'vm')}/{text(args, 'resource_id')}")}
 
     async def _allocated(self, node: str, target: dict[str, Any]) -> list[int]:
         found: list[int] = []

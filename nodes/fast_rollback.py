@@ -109,7 +109,7 @@ class FastRollbacks:
             try:
                 tags = await self._mirror(rollback, vm, snap)
             except VmsnapError as err:
-                await self._abandon(rollback, vm, f"mirrors could not be made: {err}")
+                await self._abandon(rollback, vm, snap, f"mirrors could not be made: {err}")
                 raise
             await self._append(
                 events.RollbackStartTagged(self.ledger.now_ms(), rollback, vm, tags, auto)
@@ -132,7 +132,7 @@ class FastRollbacks:
         tags = []
         for detail in snap["disk_details"]:
             resource_id = detail["resource_id"]
-            mirror = blake3.blake3(f"{rollback}\0{resource_id}".encode()).hexdigest()
+            mirror = _mirror_id(rollback, resource_id)
             node = mirror_nodes(mirror, self.cluster.nodes, self.cluster.replicas)[0]
             reply = await self.peers.call(
                 node,
@@ -164,7 +164,15 @@ class FastRollbacks:
             )
         await self.driver.start(vm)
 
-    async def _abandon(self, rollback: str, vm: str, reason: str) -> None:
+    async def _abandon(self, rollback: str, vm: str, snap: dict[str, Any], reason: str) -> None:
+        """Close whatever mirrors were made (none served the VM yet) and record why."""
+        for detail in snap["disk_details"]:
+            mirror = _mirror_id(rollback, detail["resource_id"])
+            node = mirror_nodes(mirror, self.cluster.nodes, self.cluster.replicas)[0]
+            try:
+                await self.peers.call(node, "mirror.close", {"mirror": mirror})
+            except VmsnapError as err:
+                log.info("abandoned mirror %s: %s", mirror[:12], err)
         await self._append(events.RollbackAbandoned(self.ledger.now_ms(), rollback, vm, reason))
 
     def _background(self, rollback: str, vm: str, snap: dict[str, Any], auto: bool) -> None:
@@ -444,14 +452,20 @@ class FastRollbacks:
         for row in running:
             if row["mode"] != "fast":
                 continue
-            if row["phase"] == "started":
-                await self._abandon(row["id"], row["vm"], "interrupted before the start tag")
-                continue
             snap = await self.snapshots.resolve(row["snapshot"])
+            if row["phase"] == "started":
+                reason = "interrupted before the start tag"
+                await self._abandon(row["id"], row["vm"], snap, reason)
+                continue
             if row["phase"] == "mirrored":
                 self._background(row["id"], row["vm"], snap, bool(row["auto"]))
             elif row["phase"] == "ending" or (row["phase"] == "restored" and row["auto"]):
                 await self.finish(row["vm"])
+
+
+def _mirror_id(rollback: str, resource_id: str) -> str:
+    """The mirror of one disk in a rollback."""
+    return blake3.blake3(f"{rollback}\0{resource_id}".encode()).hexdigest()
 
 
 class JournalMismatch(VmsnapError):

@@ -98,3 +98,20 @@ def test_an_acknowledged_write_survives_kill_9_of_the_mirrors_node(
     expected[192 * KiB : 196 * KiB] = b"\x45" * (4 * KiB)
     assert live(net, "crash-mir", tmp_path) == bytes(expected)
     assert net.json("rollback", "diff", "crash-mir")["ok"] is True
+
+
+def test_a_fast_rollback_whose_mirrors_cannot_be_made_is_abandoned_and_the_vm_keeps_its_disk(
+    net: Deployment, tmp_path: Path
+) -> None:
+    url, snap = prepared(net, "crash-none")
+    for node in ("backup-1", "backup-2", "backup-3"):
+        kill_node(net.root, node, forget=True)
+    failed = net.run("rollback", "start", "crash-none", snap["id"], "--fast")
+    assert failed.exit_code == 3, failed.output
+    assert failed.output.count("\n") == 1
+    row = net.json("rollback", "status", "crash-none")
+    assert (row["status"], row["phase"]) == ("abandoned", "abandoned")
+    assert "mirrors could not be made" in row["reason"]
+    qemu_io(url, f"read -P 0x42 0 {MiB}")
+    net.ok("up")
+    net.ok("rollback", "start", "crash-none", snap["id"], "--fast", "--auto")

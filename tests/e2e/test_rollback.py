@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.conftest import Deployment, make_deployment
+from tests.e2e.processes import kill_node
 from tests.e2e.qemu import qemu_io
 
 pytestmark = pytest.mark.slow
@@ -34,6 +35,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
         "delay = marks / 'delay'\n"
         "if action == 'stop' and delay.exists():\n"
         "    time.sleep(float(delay.read_text()))\n"
+        "if action == 'stop' and (marks / 'fail').exists():\n"
+        "    sys.exit('the hypervisor refused')\n"
         "with (marks / 'log').open('a') as log:\n"
         "    log.write(f'{action} {vm}\\n')\n"
     )
@@ -161,3 +164,31 @@ def test_kill_9_of_the_controller_mid_rollback_is_finished_after_restart(
     assert rows[-1]["status"] == "finished"
     assert _export(net, tmp_path / "live.raw") == _export(net, tmp_path / "s.raw", snap["id"])
     assert all(r["status"] == "finished" for r in net.json("rollback", "list", "app-01"))
+
+
+def test_a_fast_rollback_stopped_after_its_end_tag_finishes_when_the_controller_restarts(
+    net: Deployment, tmp_path: Path
+) -> None:
+    url = str(net.ok("disk", "url", "app-01", "root").stdout.strip())
+    qemu_io(url, "write -P 0x51 0 64k", "flush")
+    snap = net.json("snapshot", "create", "app-01")
+    qemu_io(url, "write -P 0x52 0 64k", "flush")
+    net.ok("rollback", "start", "app-01", snap["id"], "--fast")
+    assert _log(net)[-2:] == ["stop app-01", "start app-01"]
+    qemu_io(url, "read -P 0x51 0 64k", "write -P 0x53 64k 4k", "flush")
+    (net.root / "marks" / "fail").write_text("")
+    failed = net.run("rollback", "finish", "app-01")
+    assert failed.exit_code != 0 and "hypervisor refused" in failed.output
+    assert net.json("rollback", "status", "app-01")["phase"] == "ending"
+    (net.root / "marks" / "fail").unlink()
+    kill_node(net.root, "controller", forget=True)
+    deadline = time.monotonic() + 60
+    net.ok("up")
+    while net.json("rollback", "status", "app-01")["status"] != "finished":
+        assert time.monotonic() < deadline, "recovery did not finish the rollback"
+        time.sleep(0.2)
+    expected = bytearray(_export(net, tmp_path / "s.raw", snap["id"]))
+    expected[64 * 1024 : 68 * 1024] = b"\x53" * 4096
+    assert _export(net, tmp_path / "live.raw") == bytes(expected)
+    assert _log(net)[-2:] == ["stop app-01", "start app-01"]
+    assert net.json("rollback", "diff", "app-01")["ok"] is True

@@ -282,7 +282,7 @@ class Controller:
 
     async def rollback_diff(self, args: dict[str, Any]) -> dict[str, Any]:
         """Recompute a fast rollback's difference from its journal and compare with the chain."""
-        return await self.fast.audit(text(args, "ref"))
+        return await self.fast.journals.audit(text(args, "ref"))
 
     async def list_rollbacks(self, args: dict[str, Any]) -> dict[str, Any]:
         """Rollbacks, optionally of one VM."""

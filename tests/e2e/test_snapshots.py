@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from tests.cli.conftest import Deployment, make_deployment
 from tests.e2e.processes import kill_node, runfile
 from tests.e2e.qemu import qemu_img, qemu_io, tool
+from tests.postgres import PostgresServer
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
@@ -23,15 +25,34 @@ KiB = 1 << 10
 CHUNK = 64 * KiB
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def net(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
+    """The snapshot suite runs twice: the projection in SQLite, then in PostgreSQL."""
     deployment = make_deployment(tmp_path_factory.mktemp("snap") / "deployment")
+    url = None
+    if request.param == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        url = server.database()
+        config = deployment.config.read_text()
+        deployment.config.write_text(config.replace('\nurl = ""', f'\nurl = "{url}"', 1))
     deployment.ok("up")
     try:
         deployment.ok("vm", "register", "db-01", "--ip", "10.0.0.21", "--disk", "system:root:64M")
+        if url is not None:
+            assert rows_in(url, "vms") == 1, "the controller's projection is in PostgreSQL"
         yield deployment
     finally:
         deployment.run("down")
+
+
+def rows_in(url: str, table: str) -> int:
+    engine = create_engine(url)
+    with engine.connect() as db:
+        count = int(db.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+    engine.dispose()
+    return count
 
 
 def _url(net: Deployment) -> str:

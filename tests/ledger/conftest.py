@@ -14,6 +14,7 @@ from ledger.chain import ChainSettings, open_chain
 from ledger.contract import LedgerContract
 from ledger.service import Ledger, LedgerSettings
 from ledger.tester_chain import EmbeddedChain
+from tests.postgres import PostgresServer
 
 GENESIS = 1_767_225_600
 NOW = GENESIS + 3_600
@@ -89,14 +90,33 @@ def ledger_contract(
     return deployed
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def projection_urls(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str]:
+    """Fresh projection databases by name: SQLite in the test's folder, or on PostgreSQL."""
+    if request.param == "sqlite":
+        return lambda name: f"sqlite:///{tmp_path / name}.sqlite"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return lambda _name: server.database()
+
+
+@pytest.fixture
+def projection_url(projection_urls: Callable[[str], str]) -> str:
+    """The ledger's projection database."""
+    return projection_urls("projection")
+
+
 @pytest.fixture
 def ledger_settings(
-    tmp_path: Path, chain_settings: ChainSettings, admin: LocalAccount, contract_cache: Path
+    tmp_path: Path,
+    chain_settings: ChainSettings,
+    admin: LocalAccount,
+    contract_cache: Path,
+    projection_url: str,
 ) -> LedgerSettings:
     return LedgerSettings(
         deployment="test-site",
         chain=chain_settings,
-        projection_url=f"sqlite:///{tmp_path / 'projection.sqlite'}",
+        projection_url=projection_url,
         state_file=tmp_path / "ledger-state.json",
         operator_key=admin.key.hex(),
         contract_cache=contract_cache,

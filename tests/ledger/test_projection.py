@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,8 +34,8 @@ def records(ledger: Ledger) -> list[LedgerRecord]:
 
 
 @pytest.fixture
-def projection(tmp_path: Path) -> Iterator[Projection]:
-    opened = Projection(f"sqlite:///{tmp_path / 'fold.sqlite'}")
+def projection(projection_urls: Callable[[str], str]) -> Iterator[Projection]:
+    opened = Projection(projection_urls("fold"))
     try:
         yield opened
     finally:

@@ -3,18 +3,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import sqlite3
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from eth_account.signers.local import LocalAccount
+from sqlalchemy import create_engine, make_url, text
 
 from ledger import events, vm
 from ledger.contract import Entry
 from ledger.errors import InputError, LedgerCorrupted
 from ledger.service import Ledger, LedgerSettings
+from ledger.tables import Base
 
 ROOT = events.Disk("system", "root", 20 << 30)
 Clock = Callable[[], float]
@@ -29,11 +32,59 @@ def projection_file(settings: LedgerSettings) -> Path:
     return Path(settings.projection_url.removeprefix("sqlite:///"))
 
 
+def on_sqlite(settings: LedgerSettings) -> bool:
+    return settings.projection_url.startswith("sqlite:")
+
+
 def remove_projection(settings: LedgerSettings) -> None:
-    """Delete the projection database with its WAL companions."""
-    main = projection_file(settings)
-    for path in (main, main.with_name(main.name + "-wal"), main.with_name(main.name + "-shm")):
-        path.unlink(missing_ok=True)
+    """Delete the projection: the SQLite file with its WAL companions, or every table."""
+    if on_sqlite(settings):
+        main = projection_file(settings)
+        for path in (main, main.with_name(main.name + "-wal"), main.with_name(main.name + "-shm")):
+            path.unlink(missing_ok=True)
+        return
+    engine = create_engine(settings.projection_url)
+    Base.metadata.drop_all(engine)
+    engine.dispose()
+
+
+def tamper(settings: LedgerSettings, statement: str) -> None:
+    """Change the projection behind the ledger's back."""
+    engine = create_engine(settings.projection_url)
+    with engine.begin() as db:
+        db.execute(text(statement))
+    engine.dispose()
+
+
+def save_projection(settings: LedgerSettings, folder: Path) -> str:
+    """A copy of the projection as it is now (a file, or a PostgreSQL template database)."""
+    if on_sqlite(settings):
+        saved = folder / "projection-before.sqlite"
+        shutil.copy(projection_file(settings), saved)
+        return str(saved)
+    name = settings.projection_url.rsplit("/", 1)[1]
+    with _admin(settings) as admin:
+        admin.execute(f'CREATE DATABASE "{name}_saved" TEMPLATE "{name}"')
+    return f"{name}_saved"
+
+
+def restore_projection(settings: LedgerSettings, saved: str) -> None:
+    """Put a saved copy back in place of the projection."""
+    if on_sqlite(settings):
+        remove_projection(settings)
+        shutil.copy(saved, projection_file(settings))
+        return
+    name = settings.projection_url.rsplit("/", 1)[1]
+    with _admin(settings) as admin:
+        admin.execute(f'DROP DATABASE "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{saved}"')
+
+
+def _admin(settings: LedgerSettings) -> psycopg.Connection[Any]:
+    url = make_url(settings.projection_url)
+    return psycopg.connect(
+        host=url.host, port=url.port, user=url.username, dbname="postgres", autocommit=True
+    )
 
 
 def snapshot_of(ledger: Ledger) -> tuple[object, ...]:
@@ -129,8 +180,7 @@ def test_verify_reports_a_projection_that_differs_from_a_replay(
     ledger: Ledger, ledger_settings: LedgerSettings
 ) -> None:
     register(ledger, "web")
-    with closing(sqlite3.connect(projection_file(ledger_settings))) as db, db:
-        db.execute("UPDATE vms SET ip = '10.6.6.6' WHERE name = 'web'")
+    tamper(ledger_settings, "UPDATE vms SET ip = '10.6.6.6' WHERE name = 'web'")
 
     report, fresh = ledger.verify()
     fresh.close()
@@ -162,15 +212,13 @@ def test_lost_projection_is_rebuilt_on_open(ledger_settings: LedgerSettings, clo
 def test_projection_missing_its_last_transaction_catches_up_on_open(
     ledger_settings: LedgerSettings, clock: Clock, tmp_path: Path
 ) -> None:
-    saved = tmp_path / "projection-before.sqlite"
     with closing(Ledger.open(ledger_settings, clock)) as ledger:
         register(ledger, "web")
-    shutil.copy(projection_file(ledger_settings), saved)
+    saved = save_projection(ledger_settings, tmp_path)
     with closing(Ledger.open(ledger_settings, clock)) as ledger:
         register(ledger, "db")
         before = snapshot_of(ledger)
-    remove_projection(ledger_settings)
-    shutil.copy(saved, projection_file(ledger_settings))
+    restore_projection(ledger_settings, saved)
 
     with closing(Ledger.open(ledger_settings, clock)) as reopened:
         assert snapshot_of(reopened) == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.anvil import ANVIL_KEY, running_anvil
 from tests.cli.conftest import Deployment, make_deployment
 from tests.e2e.processes import kill_node, runfile
 from tests.e2e.qemu import qemu_img, qemu_io, tool
@@ -25,12 +27,24 @@ KiB = 1 << 10
 CHUNK = 64 * KiB
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", "anvil"])
 def net(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
-    """The snapshot suite runs twice: the projection in SQLite, then in PostgreSQL."""
+    """The snapshot suite three times: the embedded chain with the projection in SQLite, then
+    in PostgreSQL; then a real JSON-RPC node (anvil) as the chain."""
     deployment = make_deployment(tmp_path_factory.mktemp("snap") / "deployment")
+    with contextlib.ExitStack() as stack:
+        if request.param == "anvil":
+            rpc = stack.enter_context(running_anvil())
+            config = deployment.config.read_text()
+            config = config.replace('backend = "eth-tester"', 'backend = "rpc"', 1)
+            deployment.config.write_text(config.replace('rpc_url = ""', f'rpc_url = "{rpc}"', 1))
+            (deployment.root / "operator.key").write_text(ANVIL_KEY + "\n")
+        yield from _network(request, deployment)
+
+
+def _network(request: pytest.FixtureRequest, deployment: Deployment) -> Iterator[Deployment]:
     url = None
     if request.param == "postgresql":
         server: PostgresServer = request.getfixturevalue("postgres")
@@ -42,6 +56,8 @@ def net(
         deployment.ok("vm", "register", "db-01", "--ip", "10.0.0.21", "--disk", "system:root:64M")
         if url is not None:
             assert rows_in(url, "vms") == 1, "the controller's projection is in PostgreSQL"
+        backend = "rpc" if request.param == "anvil" else "eth-tester"
+        assert deployment.json("ledger", "head")["backend"] == backend
         yield deployment
     finally:
         deployment.run("down")

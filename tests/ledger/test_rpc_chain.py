@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,45 +12,13 @@ from ledger.chain import ChainSettings
 from ledger.contract import Entry
 from ledger.errors import ChainError, VersionConflict
 from ledger.service import Ledger, LedgerSettings
-from tests.tools import require
-
-ROOT = Path(__file__).resolve().parents[2]
-# anvil's first development account, funded on every fresh anvil chain.
-ANVIL_KEY = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
-
-
-def _anvil() -> str | None:
-    local = ROOT / ".tools" / "node_modules" / ".bin" / "anvil"
-    return str(local) if local.exists() else shutil.which("anvil")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.anvil import ANVIL_KEY, free_port, running_anvil
 
 
 @pytest.fixture(scope="module")
 def anvil_url() -> Iterator[str]:
-    binary = require("anvil", "make tools installs npm package @foundry-rs/anvil", _anvil())
-    port = _free_port()
-    process = subprocess.Popen(
-        [binary, "--host", "127.0.0.1", "--port", str(port), "--silent"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with running_anvil() as url:
+        yield url
 
 
 def _settings(folder: Path, url: str, cache: Path) -> LedgerSettings:
@@ -99,6 +63,6 @@ def test_ledger_on_anvil_appends_refuses_conflicts_verifies_and_reattaches(
 
 
 def test_unreachable_rpc_url_is_a_chain_error(tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ChainError, match="cannot reach the chain"):
         Ledger.open(_settings(tmp_path, url, tmp_path / "cache"))

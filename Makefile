@@ -44,6 +44,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/chunk_size_bench.py
 	$(BIN)/python bench/storage_bench.py
 	$(BIN)/python bench/scheduler_bench.py
+	$(BIN)/python bench/fast_rollback_bench.py
+	$(BIN)/python bench/interference_bench.py
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

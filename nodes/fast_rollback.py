@@ -36,13 +36,13 @@ from nodes.journal import difference_root
 from nodes.manifest import snapshot_root
 from nodes.mirror_service import mirror_nodes
 from nodes.replication import BackupCluster
+from nodes.rollback import restore_disks
 from nodes.rollback_audit import Journals
 from nodes.snapshots import Snapshots
 from nodes.vm_driver import VmDriver
 
 Runner = Callable[..., Awaitable[Any]]
 log = logging.getLogger("vmsnap.fast_rollback")
-RESTORE_TIMEOUT = 6 * 3600.0
 APPLY_BATCH = 64
 
 
@@ -191,25 +191,7 @@ class FastRollbacks:
             log.warning("fast rollback %s of %s paused: %s", rollback[:12], vm, err)
 
     async def _restore(self, rollback: str, vm: str, snap: dict[str, Any]) -> None:
-        totals = {"chunks_checked": 0, "chunks_restored": 0, "bytes_restored": 0}
-        disks = await self.snapshots.disks_of(snap)
-        for disk in disks:
-            detail = next(
-                d for d in snap["disk_details"] if d["resource_id"] == disk["resource_id"]
-            )
-            reply = await self.peers.call(
-                self.snapshots.transfer_node(vm),
-                "transfer.restore",
-                {
-                    "node": disk["node"],
-                    "vm": vm,
-                    "resource_id": disk["resource_id"],
-                    "manifest": detail["manifest"],
-                },
-                timeout=RESTORE_TIMEOUT,
-            )
-            for key in totals:
-                totals[key] += int(reply[key])
+        totals = await restore_disks(self.snapshots, vm, snap)
         await self._append(events.RollbackRestored(self.ledger.now_ms(), rollback, vm, **totals))
 
     async def status(self, vm: str) -> dict[str, Any]:

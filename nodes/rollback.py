@@ -21,6 +21,27 @@ log = logging.getLogger("vmsnap.rollback")
 RESTORE_TIMEOUT = 6 * 3600.0
 
 
+async def restore_disks(snapshots: Snapshots, vm: str, snap: dict[str, Any]) -> dict[str, int]:
+    """Make each of the VM's disks equal the snapshot through the transfer node; sum the work."""
+    totals = {"chunks_checked": 0, "chunks_restored": 0, "bytes_restored": 0}
+    for disk in await snapshots.disks_of(snap):
+        detail = next(d for d in snap["disk_details"] if d["resource_id"] == disk["resource_id"])
+        reply = await snapshots.peers.call(
+            snapshots.transfer_node(vm),
+            "transfer.restore",
+            {
+                "node": disk["node"],
+                "vm": vm,
+                "resource_id": disk["resource_id"],
+                "manifest": detail["manifest"],
+            },
+            timeout=RESTORE_TIMEOUT,
+        )
+        for key in totals:
+            totals[key] += int(reply[key])
+    return totals
+
+
 class RollbackInterrupted(VmsnapError):
     """A rollback stopped half way; it is resumed from the ledger's record."""
 
@@ -80,26 +101,9 @@ class Rollbacks:
 
     async def _run(self, rollback: str, vm: str, snap: dict[str, Any]) -> dict[str, Any]:
         started = time.monotonic()
-        totals = {"chunks_checked": 0, "chunks_restored": 0, "bytes_restored": 0}
         try:
             await self.driver.stop(vm)
-            for disk in await self.snapshots.disks_of(snap):
-                detail = next(
-                    d for d in snap["disk_details"] if d["resource_id"] == disk["resource_id"]
-                )
-                reply = await self.snapshots.peers.call(
-                    self.snapshots.transfer_node(vm),
-                    "transfer.restore",
-                    {
-                        "node": disk["node"],
-                        "vm": vm,
-                        "resource_id": disk["resource_id"],
-                        "manifest": detail["manifest"],
-                    },
-                    timeout=RESTORE_TIMEOUT,
-                )
-                for key in totals:
-                    totals[key] += int(reply[key])
+            totals = await restore_disks(self.snapshots, vm, snap)
             await self.driver.start(vm)
         except VmsnapError as err:
             raise RollbackInterrupted(rollback, str(err)) from err

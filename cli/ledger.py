@@ -79,6 +79,38 @@ def verify(ctx: typer.Context, json: JsonOption = False) -> None:
 
 
 @app.command()
+def nodes(ctx: typer.Context, json: JsonOption = False) -> None:
+    """Each ledger replica: head block, lag behind the sequencer, agreed or diverged."""
+    found = ControllerApi(state(ctx).config()).ledger_nodes()
+    if json:
+        emit_json(found["replicas"])
+        return
+    if found["sequencer"] is None:
+        out.print("no ledger replicas: the controller holds the only copy (chain.replicas = false)")
+        return
+    seq = found["sequencer"]
+    out.print(
+        f"sequencer {seq['name']} at block {seq['head_number']}, committed {found['committed']},"
+        f" a majority is {found['majority']}"
+    )
+    table(
+        None,
+        ["replica", "state", "head", "hash", "lag", "problem"],
+        (
+            [
+                r["name"],
+                r["state"],
+                r.get("head_number", "-"),
+                short(r.get("head_hash", "-")),
+                r.get("lag", "-"),
+                r.get("problem") or "",
+            ]
+            for r in found["replicas"]
+        ),
+    )
+
+
+@app.command()
 def replay(ctx: typer.Context, json: JsonOption = False) -> None:
     """Rebuild the projection database from the contract's events."""
     result = ControllerApi(state(ctx).config()).replay()

@@ -74,6 +74,10 @@ class Chain(ABC):
     def submit(self, raw_tx: bytes) -> Receipt:
         """Send a signed raw transaction and wait for its receipt."""
 
+    def settle(self) -> bool:
+        """Commit blocks mined but not yet agreed on; True if there were any (replicated chains)."""
+        return False
+
     @abstractmethod
     def call(self, sender: bytes, to: bytes, data: bytes) -> bytes:
         """Run a read-only call at the head; raise TransactionReverted on a revert."""

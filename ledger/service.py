@@ -62,9 +62,19 @@ class Ledger:
         self._clock = clock
 
     @classmethod
-    def open(cls, settings: LedgerSettings, clock: Callable[[], float] = time.time) -> Ledger:
-        """Open the chain, attach to (or deploy) the contract and catch the projection up."""
+    def open(
+        cls,
+        settings: LedgerSettings,
+        clock: Callable[[], float] = time.time,
+        wrap: Callable[[Chain], Chain] | None = None,
+    ) -> Ledger:
+        """Open the chain, attach to (or deploy) the contract and catch the projection up.
+
+        `wrap` puts a layer around the opened chain (the controller's replication).
+        """
         chain = open_chain(settings.chain, clock)
+        if wrap is not None:
+            chain = wrap(chain)
         try:
             contract, deploy_block = _attach_or_deploy(chain, settings)
             projection = Projection(settings.projection_url)
@@ -96,6 +106,8 @@ class Ledger:
 
     def append(self, entries: Sequence[Entry]) -> list[LedgerRecord]:
         """Append `entries` in one transaction and fold them into the projection."""
+        if self.chain.settle():
+            self.catch_up()
         records = self.contract.append(entries)
         self.projection.apply(records)
         return records

@@ -215,6 +215,10 @@ class ControllerApi:
             args["limit"] = limit
         return list(self._call("ledger.log", args)["events"])
 
+    def ledger_nodes(self) -> dict[str, Any]:
+        """The sequencer and every ledger replica."""
+        return self._call("ledger.nodes")
+
     def head(self) -> dict[str, Any]:
         """The ledger head."""
         return self._call("ledger.head")

@@ -15,6 +15,7 @@ from nodes.chunk_store import ChunkStore
 from nodes.chunks import ChunkCodec
 from nodes.config import Config
 from nodes.errors import ChunkCorrupted, ChunkMissing
+from nodes.ledger_replica import LedgerReplica
 from nodes.mirror_service import MirrorService
 from nodes.peers import Peers, node_names
 from nodes.replication import BackupCluster
@@ -36,6 +37,11 @@ class Backup:
         self.store = ChunkStore(config.node_dir(name) / "chunks")
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self.peers = Peers(config, name)
+        self.replica = (
+            LedgerReplica(config, name)
+            if config.chain.replicas and config.chain.backend == "eth-tester"
+            else None
+        )
         cluster = BackupCluster(self.peers, node_names(config, "backup"), config.topology.replicas)
         codec = ChunkCodec(config.data_key(), config.storage.compression_level)
         self.mirrors = MirrorService(
@@ -50,6 +56,8 @@ class Backup:
     async def close(self) -> None:
         """Sync and close the store, the journals and the connections."""
         await self.peers.close()
+        if self.replica is not None:
+            self.replica.close()
         self.mirrors.close()
         await self._run(self.store.close)
         self._worker.shutdown(wait=True)
@@ -80,6 +88,7 @@ class Backup:
             "store.scrub": self.scrub,
             "store.compact": self.compact,
             **self.mirrors.handlers(),
+            **(self.replica.handlers() if self.replica is not None else {}),
         }
 
     async def status(self, args: dict[str, Any]) -> dict[str, Any]:

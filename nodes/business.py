@@ -14,6 +14,7 @@ from ledger.errors import InputError, NotFound
 from nodes.blockdev import STATE_HOLE
 from nodes.chunks import ChunkCodec, is_zero
 from nodes.config import Config
+from nodes.ledger_replica import LedgerReplica
 from nodes.nbd import NbdServer
 from nodes.peers import Peers
 from nodes.request_args import integer, text
@@ -49,6 +50,11 @@ class Business:
         self.root.mkdir(parents=True, exist_ok=True)
         self.codec = ChunkCodec(config.data_key(), config.storage.compression_level)
         self.peers = Peers(config, name)
+        self.replica = (
+            LedgerReplica(config, name)
+            if config.chain.replicas and config.chain.backend == "eth-tester"
+            else None
+        )
         self.volumes: dict[str, Volume] = {}
         self.switches: dict[str, Switch] = {}
         for folder in sorted(p.parent for p in self.root.glob("*/*/meta.sqlite")):
@@ -82,6 +88,8 @@ class Business:
         """Stop serving, make writes durable and close the volumes."""
         await self.nbd.close()
         await self.peers.close()
+        if self.replica is not None:
+            self.replica.close()
         for volume in self.volumes.values():
             volume.sync()
             volume.close()
@@ -108,6 +116,7 @@ class Business:
             "volume.redirect": self.redirect,
             "volume.hold": self.hold,
             "volume.serve_local": self.serve_local,
+            **(self.replica.handlers() if self.replica is not None else {}),
         }
 
     def _volume(self, args: dict[str, Any]) -> tuple[str, Volume]:

@@ -47,6 +47,7 @@ class ChainConfig:
     rpc_url: str = ""
     contract_address: str = ""
     genesis_timestamp: int = 1_767_225_600
+    replicas: bool = False
 
 
 @dataclass(frozen=True)

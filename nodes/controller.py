@@ -13,9 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from ledger import events
+from ledger.chain import Chain
 from ledger.contract import Entry
 from ledger.errors import InputError, UnknownVm, VersionConflict, VmExists, VmsnapError
 from ledger.service import Ledger
+from ledger.tester_chain import EmbeddedChain
 from ledger.vm import disk, registration
 from nodes.chunks import ChunkCodec
 from nodes.clock import Clock, SystemClock, local_zone_name
@@ -25,6 +27,7 @@ from nodes.errors import NodeError
 from nodes.fast_rollback import FastRollbacks
 from nodes.peers import Peers, node_names
 from nodes.placement import Placement
+from nodes.replicated_chain import ReplicatedChain
 from nodes.replication import BackupCluster
 from nodes.request_args import maps, text
 from nodes.retention_run import Retention
@@ -98,10 +101,29 @@ class Controller:
     async def open(
         cls, config: Config, name: str = "controller", clock: Clock | None = None
     ) -> Controller:
-        """Open the ledger (deploying the contract on first start) off the event loop."""
+        """Open the ledger (deploying the contract on first start) off the event loop.
+
+        With ``chain.replicas`` the controller is the sequencer of the ledger replicas on
+        the business and backup nodes (``nodes/replicated_chain.py``).
+        """
         clock = clock or SystemClock()
         settings = config.ledger_settings(name)
-        ledger = await asyncio.to_thread(Ledger.open, settings, clock.timestamp)
+        wrap = None
+        sequencer: list[ReplicatedChain] = []
+        if config.chain.replicas and config.chain.backend == "eth-tester":
+            loop = asyncio.get_running_loop()
+            names = node_names(config, "business") + node_names(config, "backup")
+
+            def wrap(chain: Chain) -> Chain:
+                assert isinstance(chain, EmbeddedChain)
+                replicated = ReplicatedChain(chain, Peers(config, name), names, loop)
+                replicated.patience = config.network.start_timeout
+                sequencer.append(replicated)
+                return replicated
+
+        ledger = await asyncio.to_thread(Ledger.open, settings, clock.timestamp, wrap)
+        for replicated in sequencer:
+            replicated.patience = 0.0
         return cls(config, ledger, name, clock)
 
     async def close(self) -> None:
@@ -112,6 +134,8 @@ class Controller:
                 await self._recovery_task
         await self.scheduler.close()
         await self.peers.close()
+        if isinstance(self.ledger.chain, ReplicatedChain):
+            await self.ledger.chain.peers.close()
         await self._run(self.ledger.close)
         self._worker.shutdown(wait=True)
 
@@ -139,6 +163,7 @@ class Controller:
             "ledger.head": self.ledger_head,
             "ledger.verify": self.ledger_verify,
             "ledger.replay": self.ledger_replay,
+            "ledger.nodes": self.ledger_nodes,
             **self.schedule_api.handlers(),
         }
 
@@ -336,6 +361,23 @@ class Controller:
             }
 
         return await self._run(verify)
+
+    async def ledger_nodes(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Each ledger replica: head, lag, agreed or diverged (empty without replicas)."""
+        chain = self.ledger.chain
+        if not isinstance(chain, ReplicatedChain):
+            return {"sequencer": None, "replicas": []}
+        head = await self._run(chain.head)
+        return {
+            "sequencer": {
+                "name": self.name,
+                "head_number": head.number,
+                "head_hash": "0x" + head.hash.hex(),
+            },
+            "committed": chain.committed,
+            "majority": chain.majority,
+            "replicas": await chain.status(),
+        }
 
     async def ledger_replay(self, args: dict[str, Any]) -> dict[str, Any]:
         """Rebuild the projection from the chain."""

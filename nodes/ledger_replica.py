@@ -1,0 +1,118 @@
+"""A ledger replica on a business or backup node: the same embedded chain, fed by the sequencer.
+
+The replica applies the blocks the sequencer (the controller) sends, in order, each with the
+timestamp and raw transaction the sequencer mined, and answers with its head block hash: a
+replica that computes another hash, or whose stored transaction log was altered, reports
+itself diverged and applies nothing more. Peers read its blocks to catch up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from ledger.errors import InputError, VmsnapError
+from ledger.tester_chain import EmbeddedChain
+from ledger.txlog import LoggedBlock
+from nodes.config import Config
+from nodes.request_args import integer
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+T = TypeVar("T")
+log = logging.getLogger("vmsnap.replica")
+PAGE = 256
+
+
+class LedgerReplica:
+    """The copy of the ledger chain a business or backup node keeps."""
+
+    def __init__(self, config: Config, name: str) -> None:
+        self.name = name
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replica")
+        self.chain: EmbeddedChain | None = None
+        self.problem: str | None = None
+        try:
+            self.chain = EmbeddedChain.open(config.ledger_settings(name).chain)
+        except (VmsnapError, OSError, ValueError) as err:
+            self.problem = f"cannot open the replica: {err}"
+            log.warning("%s", self.problem)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    def handlers(self) -> dict[str, Handler]:
+        """The operations, by name."""
+        return {
+            "replica.head": self.head,
+            "replica.apply": self.apply,
+            "replica.blocks": self.blocks,
+        }
+
+    def close(self) -> None:
+        """Close the chain."""
+        self._worker.shutdown(wait=True)
+        if self.chain is not None:
+            self.chain.close()
+
+    def _head(self) -> dict[str, Any]:
+        if self.chain is None:
+            return {"number": -1, "hash": b"", "problem": self.problem}
+        head = self.chain.head()
+        return {"number": head.number, "hash": head.hash, "problem": self.problem}
+
+    async def head(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The replica's head block (and what is wrong with it, if anything)."""
+        return await self._run(self._head)
+
+    async def apply(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Apply the blocks that follow the head, checking each hash; answer the new head."""
+        raw = args.get("blocks")
+        if not isinstance(raw, list):
+            raise InputError("blocks must be a list of [number, timestamp, raw_tx, hash]")
+        blocks = [_block(item) for item in raw]
+        return await self._run(self._apply, blocks)
+
+    def _apply(self, blocks: list[LoggedBlock]) -> dict[str, Any]:
+        if self.chain is None or self.problem is not None:
+            return self._head()
+        for block in blocks:
+            head = self.chain.head().number
+            if block.number <= head:
+                continue
+            if block.number != head + 1:
+                break
+            receipt = self.chain.apply(block.raw_tx, block.timestamp)
+            mined = self.chain.head().hash
+            if mined != block.block_hash:
+                self.problem = (
+                    f"block {receipt.block_number} has hash 0x{mined.hex()[:16]}…, "
+                    f"the sequencer's is 0x{block.block_hash.hex()[:16]}…"
+                )
+                log.error("replica diverged: %s", self.problem)
+                break
+        return self._head()
+
+    async def blocks(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Logged blocks after `after`, at most a page (for a peer catching up)."""
+        after = integer(args, "after", 0)
+        if self.chain is None:
+            return {"blocks": []}
+        chain = self.chain
+        found = await self._run(lambda: chain.blocks[after + 1 : after + 1 + PAGE])
+        return {"blocks": [[b.number, b.timestamp, b.raw_tx, b.block_hash] for b in found]}
+
+
+def _block(item: Any) -> LoggedBlock:
+    if not (
+        isinstance(item, list)
+        and len(item) == 4
+        and isinstance(item[0], int)
+        and isinstance(item[1], int)
+        and isinstance(item[2], bytes)
+        and isinstance(item[3], bytes)
+    ):
+        raise InputError("a block is [number, timestamp, raw_tx, hash]")
+    return LoggedBlock(item[0], item[1], item[2], item[3])

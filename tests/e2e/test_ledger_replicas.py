@@ -1,0 +1,92 @@
+"""The ledger on 5 replicas (2 business + 3 backup nodes), the controller as sequencer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.cli.conftest import Deployment, make_deployment
+from tests.e2e.processes import kill_node
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    deployment = make_deployment(tmp_path_factory.mktemp("replicas") / "deployment")
+    config = deployment.config.read_text()
+    config = config.replace("[chain]\n", "[chain]\nreplicas = true\n", 1)
+    config = config.replace("business = 1", "business = 2", 1)
+    deployment.config.write_text(config)
+    deployment.ok("up")
+    try:
+        yield deployment
+    finally:
+        deployment.run("down")
+
+
+def replicas(net: Deployment) -> dict[str, dict[str, Any]]:
+    return {r["name"]: r for r in net.json("ledger", "nodes")}
+
+
+def register(net: Deployment, name: str) -> Any:
+    return net.run("vm", "register", name, "--ip", "10.0.0.81", "--disk", "system:root:4M")
+
+
+def vms(net: Deployment) -> set[str]:
+    return {v["name"] for v in net.json("vm", "list")}
+
+
+def test_every_replica_agrees_with_the_sequencer(net: Deployment) -> None:
+    assert register(net, "rep-01").exit_code == 0
+    found = replicas(net)
+    assert set(found) == {"business-1", "business-2", "backup-1", "backup-2", "backup-3"}
+    assert {r["state"] for r in found.values()} == {"agreed"}
+    assert len({r["head_hash"] for r in found.values()}) == 1
+    head = net.json("ledger", "head")
+    assert {r["head_hash"] for r in found.values()} == {head["block_hash"]}
+
+
+def test_two_replicas_down_appends_go_on_three_down_they_stop_and_nothing_is_lost(
+    net: Deployment,
+) -> None:
+    kill_node(net.root, "business-2", forget=True)
+    kill_node(net.root, "backup-3", forget=True)
+    assert register(net, "rep-02").exit_code == 0
+    states = {n: r["state"] for n, r in replicas(net).items()}
+    assert sorted(states.values()) == ["agreed", "agreed", "agreed", "down", "down"]
+
+    kill_node(net.root, "backup-2", forget=True)
+    stopped = register(net, "rep-03")
+    assert stopped.exit_code == 6
+    assert "only 2 of 5 ledger replicas" in stopped.output
+    assert stopped.output.count("\n") == 1
+    assert "rep-03" not in vms(net), "an append without a majority is not visible"
+
+    net.ok("up")
+    assert register(net, "rep-04").exit_code == 0
+    assert {"rep-02", "rep-03", "rep-04"} <= vms(net), "the held append was committed first"
+    found = replicas(net)
+    assert {r["state"] for r in found.values()} == {"agreed"}
+    assert {r["lag"] for r in found.values()} == {0}
+    assert net.json("ledger", "verify")["ok"] is True
+
+
+def test_a_replica_whose_log_was_altered_is_flagged_and_the_others_go_on(
+    net: Deployment,
+) -> None:
+    kill_node(net.root, "backup-1", forget=True)
+    log = net.root / "data" / "nodes" / "backup-1" / "chain" / "transactions.log"
+    raw = bytearray(log.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    log.write_bytes(bytes(raw))
+    net.ok("up")
+    assert register(net, "rep-05").exit_code == 0
+    found = replicas(net)
+    assert found["backup-1"]["state"] == "diverged"
+    assert "cannot open the replica" in found["backup-1"]["problem"]
+    others = [r for n, r in found.items() if n != "backup-1"]
+    assert {r["state"] for r in others} == {"agreed"}
+    assert "rep-05" in vms(net)

@@ -31,6 +31,7 @@ backend = "eth-tester"             # or "rpc" with rpc_url = "http://127.0.0.1:8
 rpc_url = ""
 contract_address = ""              # attach to an existing contract instead of deploying one
 genesis_timestamp = {genesis}       # fixed so every ledger replica has the same genesis block
+replicas = false                   # true: a ledger replica on every business and backup node
 
 [projection]
 url = ""                           # empty: SQLite in data/nodes/controller/; or postgresql+psycopg://...

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     deployment = make_deployment(tmp_path_factory.mktemp("replicas") / "deployment")
     config = deployment.config.read_text()
-    config = config.replace("[chain]\n", "[chain]\nreplicas = true\n", 1)
+    config = config.replace("replicas = false", "replicas = true", 1)
     config = config.replace("business = 1", "business = 2", 1)
     deployment.config.write_text(config)
     deployment.ok("up")

@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/scheduler_bench.py
 	$(BIN)/python bench/fast_rollback_bench.py
 	$(BIN)/python bench/interference_bench.py
+	$(BIN)/python bench/replica_bench.py
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -67,6 +67,7 @@ class ReplicatedChain(Chain):
         self.views = {name: ReplicaView(name) for name in replicas}
         self.committed = -1
         self.patience = 0.0
+        self._feeding: dict[str, asyncio.Future[bool]] = {}
 
     @property
     def majority(self) -> int:
@@ -105,9 +106,26 @@ class ReplicatedChain(Chain):
         self.committed = head.number
 
     async def _replicate(self, number: int) -> int:
+        """Feed every replica up to `number`; return once a majority agrees or none is pending.
+
+        A replica still catching up keeps being fed in the background: a straggler does not
+        hold up appends that a majority has already committed.
+        """
         blocks = self.local.blocks
-        answers = await asyncio.gather(*(self._feed(n, blocks, number) for n in self.replicas))
-        return sum(answers)
+        for name in self.replicas:
+            task = self._feeding.get(name)
+            if task is None or task.done():
+                self._feeding[name] = asyncio.ensure_future(self._feed(name, blocks, number))
+        while True:
+            agreed = sum(1 for name in self.replicas if self._agrees(name, number))
+            pending = [t for t in self._feeding.values() if not t.done()]
+            if agreed >= self.majority or not pending:
+                return agreed
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+
+    def _agrees(self, name: str, number: int) -> bool:
+        view = self.views[name]
+        return view.reachable and view.problem is None and view.number >= number
 
     async def _feed(self, name: str, blocks: list[LoggedBlock], number: int) -> bool:
         """Bring one replica up to block `number`; True if it then agrees with the sequencer."""

@@ -27,12 +27,12 @@ KiB = 1 << 10
 CHUNK = 64 * KiB
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql", "anvil"])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", "anvil", "replicas"])
 def net(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
-    """The snapshot suite three times: the embedded chain with the projection in SQLite, then
-    in PostgreSQL; then a real JSON-RPC node (anvil) as the chain."""
+    """The snapshot suite four times: the embedded chain with the projection in SQLite, then
+    in PostgreSQL; a real JSON-RPC node (anvil) as the chain; the ledger on replicas."""
     deployment = make_deployment(tmp_path_factory.mktemp("snap") / "deployment")
     with contextlib.ExitStack() as stack:
         if request.param == "anvil":
@@ -41,6 +41,9 @@ def net(
             config = config.replace('backend = "eth-tester"', 'backend = "rpc"', 1)
             deployment.config.write_text(config.replace('rpc_url = ""', f'rpc_url = "{rpc}"', 1))
             (deployment.root / "operator.key").write_text(ANVIL_KEY + "\n")
+        if request.param == "replicas":
+            config = deployment.config.read_text()
+            deployment.config.write_text(config.replace("replicas = false", "replicas = true", 1))
         yield from _network(request, deployment)
 
 
@@ -58,6 +61,8 @@ def _network(request: pytest.FixtureRequest, deployment: Deployment) -> Iterator
             assert rows_in(url, "vms") == 1, "the controller's projection is in PostgreSQL"
         backend = "rpc" if request.param == "anvil" else "eth-tester"
         assert deployment.json("ledger", "head")["backend"] == backend
+        replicas = deployment.json("ledger", "nodes")
+        assert len(replicas) == (4 if request.param == "replicas" else 0)
         yield deployment
     finally:
         deployment.run("down")

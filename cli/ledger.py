@@ -62,11 +62,23 @@ def head(ctx: typer.Context, json: JsonOption = False) -> None:
 
 
 @app.command()
-def verify(ctx: typer.Context, json: JsonOption = False) -> None:
+def verify(
+    ctx: typer.Context,
+    node: Annotated[
+        str | None, typer.Option(help="Audit this node's ledger replica instead.")
+    ] = None,
+    json: JsonOption = False,
+) -> None:
     """Recompute the hash chain, compare it with the contract, and check the projection."""
-    report = ControllerApi(state(ctx).config()).verify()
+    report = ControllerApi(state(ctx).config()).verify(node)
     if json:
         emit_json(report)
+    elif node is not None:
+        out.print(f"replica {node}: block {report['head_number']} {report['head_hash']}")
+        out.print(f"events checked      {report['events']}")
+        out.print(f"recomputed head     {report['head']}")
+        out.print(f"contract head       {report['contract_head']}")
+        out.print(f"agrees with         {', '.join(report['agrees_with']) or '-'}")
     else:
         out.print(f"events checked      {report['events']}")
         out.print(f"recomputed head     {report['head']}")

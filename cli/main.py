@@ -12,6 +12,7 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
 from cli import (
+    audit,
     backup,
     deployment,
     disk,
@@ -96,6 +97,7 @@ app.add_typer(schedule.app, name="schedule")
 app.add_typer(retention.app, name="retention")
 app.add_typer(backup.app, name="backup")
 app.add_typer(ledger.app, name="ledger")
+app.add_typer(audit.app, name="audit")
 app.add_typer(node.app, name="node")
 
 

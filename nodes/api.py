@@ -102,6 +102,10 @@ class ControllerApi:
             timeout=SNAPSHOT_TIMEOUT,
         )
 
+    def audit_snapshot(self, ref: str) -> dict[str, Any]:
+        """The contract's record of a snapshot, and the data checked against it."""
+        return self._call("audit.snapshot", {"id": ref}, SNAPSHOT_TIMEOUT)
+
     def delete_snapshot(self, ref: str, gc: bool = True) -> dict[str, Any]:
         """Delete a snapshot (and collect garbage)."""
         run = controller(self.config)
@@ -223,9 +227,9 @@ class ControllerApi:
         """The ledger head."""
         return self._call("ledger.head")
 
-    def verify(self) -> dict[str, Any]:
-        """Audit the ledger."""
-        return self._call("ledger.verify")
+    def verify(self, node: str | None = None) -> dict[str, Any]:
+        """Audit the ledger (or, with `node`, that node's replica of it)."""
+        return self._call("ledger.verify", {} if node is None else {"node": node})
 
     def replay(self) -> dict[str, Any]:
         """Rebuild the projection."""

@@ -152,6 +152,7 @@ class Controller:
             "snapshot.progress": self.snapshot_progress,
             "snapshot.show": self.show_snapshot,
             "snapshot.verify": self.verify_snapshot,
+            "audit.snapshot": self.audit_snapshot,
             "snapshot.delete": self.delete_snapshot,
             "backup.gc": self.collect_garbage,
             "rollback.start": self.start_rollback,
@@ -273,6 +274,28 @@ class Controller:
         audit = await verify_snapshot(snap, record, self.cluster, self.codec)
         return audit.plain()
 
+    async def audit_snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The contract's record of a snapshot, then the backup cluster's data checked on it."""
+        snap = await self.snapshots.resolve(text(args, "id"))
+        record = await self._run(self.ledger.contract.snapshot, bytes.fromhex(snap["id"]))
+        contract = {
+            "snapshot": snap["id"],
+            "vm_stream": "0x" + record.vm_stream.hex(),
+            "vm_stream_matches": record.vm_stream == events.stream_id(events.vm_stream(snap["vm"])),
+            "root": "0x" + record.root.hex(),
+            "status": record.status.name.lower(),
+            "previous": "0x" + record.previous.hex(),
+            "seq": record.seq,
+            "updated_at": record.updated_at,
+            "updated_by": record.updated_by,
+        }
+        audit = await verify_snapshot(snap, record, self.cluster, self.codec)
+        if not contract["vm_stream_matches"]:
+            audit.problems.append(
+                f"the contract files the snapshot under another VM than {snap['vm']}"
+            )
+        return {"contract": contract, "data": audit.plain()}
+
     async def delete_snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
         """Delete a snapshot from its three places, then collect garbage."""
         await self._recover()
@@ -345,7 +368,13 @@ class Controller:
         return await self._run(self.ledger.head)
 
     async def ledger_verify(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Recompute the hash chain and compare the projection with a fresh replay."""
+        """Recompute the hash chain and compare the projection with a fresh replay.
+
+        With ``node``: audit that replica alone, and compare its head with the sequencer's
+        and the other replicas'.
+        """
+        if args.get("node") is not None:
+            return await self._verify_replica(text(args, "node"))
 
         def verify() -> dict[str, Any]:
             report, fresh = self.ledger.verify()
@@ -377,6 +406,43 @@ class Controller:
             "committed": chain.committed,
             "majority": chain.majority,
             "replicas": await chain.status(),
+        }
+
+    async def _verify_replica(self, node: str) -> dict[str, Any]:
+        chain = self.ledger.chain
+        if not isinstance(chain, ReplicatedChain):
+            raise InputError("this deployment keeps no ledger replicas (chain.replicas = false)")
+        if node not in chain.replicas:
+            raise InputError(
+                f"{node!r} holds no ledger replica: one of {', '.join(chain.replicas)}"
+            )
+        report = await self.peers.call(
+            node,
+            "replica.verify",
+            {"contract": self.ledger.contract.address, "deploy_block": self.ledger.deploy_block},
+        )
+        number = int(report["head_number"])
+        blocks = await self._run(lambda: chain.local.blocks)
+        problems = list(report["problems"])
+        if 0 <= number < len(blocks) and blocks[number].block_hash != report["head_hash"]:
+            problems.append(f"its block {number} differs from the sequencer's")
+        others = [
+            r["name"]
+            for r in await chain.status()
+            if r["name"] != node
+            and r.get("head_number", -1) >= number >= 0
+            and r["state"] == "agreed"
+        ]
+        return {
+            "node": node,
+            "ok": not problems,
+            "events": report.get("events", 0),
+            "head": report.get("head", ""),
+            "contract_head": report.get("contract_head", ""),
+            "head_number": number,
+            "head_hash": "0x" + bytes(report["head_hash"]).hex(),
+            "agrees_with": others if not problems else [],
+            "problems": problems,
         }
 
     async def ledger_replay(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,11 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from eth_account import Account
+
+import contracts
+from ledger.audit import audit_records
+from ledger.contract import LedgerContract
 from ledger.errors import InputError, VmsnapError
 from ledger.tester_chain import EmbeddedChain
 from ledger.txlog import LoggedBlock
@@ -34,8 +39,11 @@ class LedgerReplica:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replica")
         self.chain: EmbeddedChain | None = None
         self.problem: str | None = None
+        settings = config.ledger_settings(name)
+        self.contract_cache = settings.contract_cache
+        self._reader = settings.operator_key
         try:
-            self.chain = EmbeddedChain.open(config.ledger_settings(name).chain)
+            self.chain = EmbeddedChain.open(settings.chain)
         except (VmsnapError, OSError, ValueError) as err:
             self.problem = f"cannot open the replica: {err}"
             log.warning("%s", self.problem)
@@ -49,6 +57,7 @@ class LedgerReplica:
             "replica.head": self.head,
             "replica.apply": self.apply,
             "replica.blocks": self.blocks,
+            "replica.verify": self.verify,
         }
 
     def close(self) -> None:
@@ -103,6 +112,39 @@ class LedgerReplica:
         chain = self.chain
         found = await self._run(lambda: chain.blocks[after + 1 : after + 1 + PAGE])
         return {"blocks": [[b.number, b.timestamp, b.raw_tx, b.block_hash] for b in found]}
+
+    async def verify(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Audit this replica alone: its contract's events, hash chain and head."""
+        contract = args.get("contract")
+        deployed = args.get("deploy_block", 0)
+        if not isinstance(contract, bytes) or len(contract) != 20 or not isinstance(deployed, int):
+            raise InputError("contract must be a 20-byte address and deploy_block a block number")
+        if self.chain is None:
+            return {"ok": False, "problems": [self.problem], "head_number": -1, "head_hash": b""}
+        chain = self.chain
+
+        def audit() -> dict[str, Any]:
+            compiled = contracts.load(cache_dir=self.contract_cache)
+            # Read-only calls come from the funded operator account (calls are charged gas).
+            reader = Account.from_key(bytes.fromhex(self._reader.removeprefix("0x")))
+            view = LedgerContract(chain, compiled, contract, reader)
+            records = view.records(deployed)
+            report = audit_records(records, view.head(), view.count())
+            head = chain.head()
+            problems = list(report.problems)
+            if self.problem:
+                problems.append(self.problem)
+            return {
+                "ok": not problems,
+                "events": report.events,
+                "head": report.head,
+                "contract_head": report.contract_head,
+                "problems": problems,
+                "head_number": head.number,
+                "head_hash": head.hash,
+            }
+
+        return await self._run(audit)
 
 
 def _block(item: Any) -> LoggedBlock:

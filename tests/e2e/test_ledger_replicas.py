@@ -49,6 +49,16 @@ def test_every_replica_agrees_with_the_sequencer(net: Deployment) -> None:
     assert {r["head_hash"] for r in found.values()} == {head["block_hash"]}
 
 
+def test_verify_node_audits_one_replica_from_its_own_contract(net: Deployment) -> None:
+    report = net.json("ledger", "verify", "--node", "backup-2")
+    assert report["ok"] is True
+    assert report["head"] == report["contract_head"]
+    assert report["events"] == net.json("ledger", "head")["count"]
+    assert set(report["agrees_with"]) == {"business-1", "business-2", "backup-1", "backup-3"}
+    unknown = net.run("ledger", "verify", "--node", "transfer-1")
+    assert unknown.exit_code == 2 and "holds no ledger replica" in unknown.output
+
+
 def test_two_replicas_down_appends_go_on_three_down_they_stop_and_nothing_is_lost(
     net: Deployment,
 ) -> None:
@@ -90,3 +100,6 @@ def test_a_replica_whose_log_was_altered_is_flagged_and_the_others_go_on(
     others = [r for n, r in found.items() if n != "backup-1"]
     assert {r["state"] for r in others} == {"agreed"}
     assert "rep-05" in vms(net)
+    flagged = net.run("ledger", "verify", "--node", "backup-1")
+    assert flagged.exit_code == 6 and "cannot open the replica" in flagged.output
+    assert net.json("ledger", "verify", "--node", "backup-3")["ok"] is True

@@ -115,6 +115,11 @@ def test_first_snapshot_is_full_and_equals_the_disk(net: Deployment, tmp_path: P
     assert disk["chunks"] == 12 * MiB // CHUNK
     assert _export(net, tmp_path / "out.raw", snap["id"]) == image.read_bytes()
     assert net.json("snapshot", "verify", snap["id"])["ok"] is True
+    audit = net.json("audit", "snapshot", snap["id"][:12])
+    record = audit["contract"]
+    assert (record["status"], record["root"]) == ("committed", "0x" + snap["root"])
+    assert record["vm_stream_matches"] is True and record["seq"] == snap["committed_seq"]
+    assert audit["data"]["ok"] is True
 
 
 def test_incremental_snapshot_reads_only_the_dirty_chunks(net: Deployment, tmp_path: Path) -> None:
@@ -199,6 +204,8 @@ def test_snapshot_verify_fails_loudly_when_every_copy_of_a_chunk_is_altered(
     result = net.run("snapshot", "verify", snap["id"])
     assert result.exit_code == 6
     assert "failed verification" in result.output
+    audited = net.run("audit", "snapshot", snap["id"])
+    assert audited.exit_code == 6 and "DOES NOT match the contract's record" in audited.output
     assert net.json("ledger", "verify")["ok"] is True
 
 

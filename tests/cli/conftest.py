@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,12 +48,19 @@ def deployment(tmp_path: Path) -> Deployment:
     return make_deployment(tmp_path / "deployment")
 
 
-@pytest.fixture(scope="module")
-def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """A deployment with its network running for the whole module."""
-    deployment = make_deployment(tmp_path_factory.mktemp("net") / "deployment")
+@contextlib.contextmanager
+def running(root: Path) -> Iterator[Deployment]:
+    """A new deployment at `root` with its network up; it goes down afterwards."""
+    deployment = make_deployment(root)
     deployment.ok("up")
     try:
         yield deployment
     finally:
         deployment.run("down")
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """A deployment with its network running for the whole module."""
+    with running(tmp_path_factory.mktemp("net") / "deployment") as deployment:
+        yield deployment

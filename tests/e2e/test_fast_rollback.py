@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli.conftest import Deployment, make_deployment
+from tests.cli.conftest import Deployment, running
 from tests.e2e.processes import kill_node
 from tests.e2e.qemu import qemu_io, tool
 
@@ -20,12 +20,8 @@ SIZE = 8 * MiB
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    deployment = make_deployment(tmp_path_factory.mktemp("fast") / "deployment")
-    deployment.ok("up")
-    try:
+    with running(tmp_path_factory.mktemp("fast") / "deployment") as deployment:
         yield deployment
-    finally:
-        deployment.run("down")
 
 
 def register(net: Deployment, vm: str) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli.conftest import Deployment, make_deployment
+from tests.cli.conftest import Deployment, running
 from tests.e2e.processes import kill_node
 from tests.e2e.qemu import qemu_io
 
@@ -18,12 +18,8 @@ KiB, MiB = 1 << 10, 1 << 20
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    deployment = make_deployment(tmp_path_factory.mktemp("fastcrash") / "deployment")
-    deployment.ok("up")
-    try:
+    with running(tmp_path_factory.mktemp("fastcrash") / "deployment") as deployment:
         yield deployment
-    finally:
-        deployment.run("down")
 
 
 def prepared(net: Deployment, vm: str) -> tuple[str, dict[str, Any]]:

@@ -8,20 +8,16 @@ from typing import Any
 
 import pytest
 
-from tests.cli.conftest import Deployment, make_deployment
+from tests.cli.conftest import Deployment, running
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    deployment = make_deployment(tmp_path_factory.mktemp("schedcli") / "deployment")
-    deployment.ok("up")
-    try:
+    with running(tmp_path_factory.mktemp("schedcli") / "deployment") as deployment:
         deployment.ok("vm", "register", "app-01", "--ip", "10.0.0.51", "--disk", "system:root:4M")
         yield deployment
-    finally:
-        deployment.run("down")
 
 
 def head(net: Deployment) -> Any:

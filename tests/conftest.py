@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,3 +22,4 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.anvil import running_anvil
 from tests.postgres import PostgresServer
 
 
@@ -23,3 +24,10 @@ def postgres() -> Iterator[PostgresServer]:
     finally:
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def anvil() -> Iterator[str]:
+    """An anvil node for the session (started on first use); its JSON-RPC URL."""
+    with running_anvil() as url:
+        yield url

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from eth_account.signers.local import LocalAccount
 from eth_utils.crypto import keccak
+from web3 import HTTPProvider, Web3
+from web3.types import RPCEndpoint
 
 from contracts import CompiledContract
 from ledger import events
+from ledger.chain import Chain, ChainSettings, open_chain
 from ledger.contract import (
     MAX_BATCH,
     MAX_PAYLOAD,
@@ -27,10 +30,35 @@ from ledger.errors import (
     Unauthorised,
     VersionConflict,
 )
+from ledger.rpc_chain import RpcChain
 from ledger.tester_chain import EmbeddedChain
+from tests.ledger.conftest import fixed_clock
 
 ROOT = keccak(text="merkle root")
 OTHER_ROOT = keccak(text="another merkle root")
+
+
+@pytest.fixture(params=["eth-tester", "anvil"])
+def chain(
+    request: pytest.FixtureRequest,
+    chain_settings: ChainSettings,
+    admin: LocalAccount,
+    operator: LocalAccount,
+    outsider: LocalAccount,
+) -> Iterator[Chain]:
+    """The contract's rules hold on the embedded chain and on a real JSON-RPC node."""
+    if request.param == "eth-tester":
+        opened = open_chain(chain_settings, fixed_clock)
+    else:
+        url: str = request.getfixturevalue("anvil")
+        node = Web3(HTTPProvider(url)).provider
+        for account in (admin, operator, outsider):
+            node.make_request(RPCEndpoint("anvil_setBalance"), [account.address, hex(10**21)])
+        opened = RpcChain(url)
+    try:
+        yield opened
+    finally:
+        opened.close()
 
 
 def registered(vm: str, at_ms: int = 1) -> events.VmRegistered:

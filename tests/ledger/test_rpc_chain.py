@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,13 +11,12 @@ from ledger.chain import ChainSettings
 from ledger.contract import Entry
 from ledger.errors import ChainError, VersionConflict
 from ledger.service import Ledger, LedgerSettings
-from tests.anvil import ANVIL_KEY, free_port, running_anvil
+from tests.anvil import ANVIL_KEY, free_port
 
 
-@pytest.fixture(scope="module")
-def anvil_url() -> Iterator[str]:
-    with running_anvil() as url:
-        yield url
+@pytest.fixture
+def anvil_url(anvil: str) -> str:
+    return anvil
 
 
 def _settings(folder: Path, url: str, cache: Path) -> LedgerSettings:

@@ -12,15 +12,66 @@ import psycopg
 import pytest
 from eth_account.signers.local import LocalAccount
 from sqlalchemy import create_engine, make_url, text
+from web3 import HTTPProvider, Web3
+from web3.types import RPCEndpoint
 
 from ledger import events, vm
+from ledger.chain import ChainSettings
 from ledger.contract import Entry
 from ledger.errors import InputError, LedgerCorrupted
 from ledger.service import Ledger, LedgerSettings
 from ledger.tables import Base
+from tests.ledger.conftest import GENESIS
 
 ROOT = events.Disk("system", "root", 20 << 30)
 Clock = Callable[[], float]
+
+
+@pytest.fixture(params=["eth-tester", "anvil"])
+def chain_settings(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    admin: LocalAccount,
+    operator: LocalAccount,
+    outsider: LocalAccount,
+) -> ChainSettings:
+    """The service's behaviour holds on the embedded chain and on a real JSON-RPC node."""
+    if request.param == "eth-tester":
+        return embedded(tmp_path, admin, operator, outsider)
+    url: str = request.getfixturevalue("anvil")
+    node = Web3(HTTPProvider(url)).provider
+    node.make_request(RPCEndpoint("anvil_setBalance"), [admin.address, hex(10**21)])
+    return ChainSettings(backend="rpc", rpc_url=url)
+
+
+def embedded(
+    tmp_path: Path, admin: LocalAccount, operator: LocalAccount, outsider: LocalAccount
+) -> ChainSettings:
+    return ChainSettings(
+        data_dir=tmp_path / "chain",
+        funded=(admin.address, operator.address, outsider.address),
+        genesis_timestamp=GENESIS,
+    )
+
+
+@pytest.fixture
+def embedded_settings(
+    tmp_path: Path,
+    admin: LocalAccount,
+    operator: LocalAccount,
+    outsider: LocalAccount,
+    contract_cache: Path,
+    projection_url: str,
+) -> LedgerSettings:
+    """Settings on the embedded chain, for what only a chain this process hosts can do."""
+    return LedgerSettings(
+        deployment="test-site",
+        chain=embedded(tmp_path, admin, operator, outsider),
+        projection_url=projection_url,
+        state_file=tmp_path / "ledger-state.json",
+        operator_key=admin.key.hex(),
+        contract_cache=contract_cache,
+    )
 
 
 def register(ledger: Ledger, name: str, ip: str = "10.0.0.1") -> None:
@@ -136,7 +187,7 @@ def test_head_describes_the_contract_and_the_latest_block(ledger: Ledger) -> Non
         "count": 2,
         "head": "0x" + ledger.contract.head().hex(),
         "chain_id": ledger.chain.chain_id,
-        "backend": "eth-tester",
+        "backend": ledger.chain.backend,
         "block": block.number,
         "block_hash": "0x" + block.hash.hex(),
         "block_timestamp": block.timestamp,
@@ -226,34 +277,34 @@ def test_projection_missing_its_last_transaction_catches_up_on_open(
 
 
 def test_ledger_survives_the_loss_of_the_chain_state_database(
-    ledger_settings: LedgerSettings, clock: Clock
+    embedded_settings: LedgerSettings, clock: Clock
 ) -> None:
-    with closing(Ledger.open(ledger_settings, clock)) as ledger:
+    with closing(Ledger.open(embedded_settings, clock)) as ledger:
         register(ledger, "web")
         before = snapshot_of(ledger)
-    assert ledger_settings.chain.data_dir is not None
-    for path in ledger_settings.chain.data_dir.glob("evm-state.sqlite*"):
+    assert embedded_settings.chain.data_dir is not None
+    for path in embedded_settings.chain.data_dir.glob("evm-state.sqlite*"):
         path.unlink()
 
-    with closing(Ledger.open(ledger_settings, clock)) as reopened:
+    with closing(Ledger.open(embedded_settings, clock)) as reopened:
         assert snapshot_of(reopened) == before
 
 
 def test_deploy_interrupted_before_it_was_mined_is_redone_at_the_predicted_address(
-    ledger_settings: LedgerSettings, clock: Clock, tmp_path: Path
+    embedded_settings: LedgerSettings, clock: Clock, tmp_path: Path
 ) -> None:
-    with closing(Ledger.open(ledger_settings, clock)) as first:
+    with closing(Ledger.open(embedded_settings, clock)) as first:
         address = first.contract.address_hex
     shutil.rmtree(tmp_path / "chain")
-    remove_projection(ledger_settings)
-    ledger_settings.state_file.write_text(
+    remove_projection(embedded_settings)
+    embedded_settings.state_file.write_text(
         json.dumps({"contract": address, "block": 0, "deployed": False})
     )
 
-    with closing(Ledger.open(ledger_settings, clock)) as ledger:
+    with closing(Ledger.open(embedded_settings, clock)) as ledger:
         assert ledger.contract.address_hex == address
         assert ledger.contract.count() == 1
-    assert json.loads(ledger_settings.state_file.read_text())["deployed"] is True
+    assert json.loads(embedded_settings.state_file.read_text())["deployed"] is True
 
 
 def test_deploy_mined_but_not_yet_noted_is_attached_without_a_redeploy(

@@ -116,6 +116,10 @@ class EmbeddedChain(Chain):
         """The recorded blocks, genesis first (what a replica is fed)."""
         return list(self._txlog.blocks)
 
+    def logged(self, first: int, last: int) -> list[LoggedBlock]:
+        """The recorded blocks `first` to `last` (inclusive, as far as recorded), no more."""
+        return self._txlog.blocks[max(first, 0) : last + 1]
+
     def submit(self, raw_tx: bytes) -> Receipt:
         """Apply, mine, log durably and checkpoint one transaction."""
         return self.apply(raw_tx, None)

@@ -110,9 +110,8 @@ class LedgerApi:
             {"contract": self.ledger.contract.address, "deploy_block": self.ledger.deploy_block},
         )
         number = int(report["head_number"])
-        blocks = await self._run(lambda: chain.local.blocks)
         problems = list(report["problems"])
-        if 0 <= number < len(blocks) and blocks[number].block_hash != report["head_hash"]:
+        if not await self._run(chain.holds, number, report["head_hash"]):
             problems.append(f"its block {number} differs from the sequencer's")
         others = [
             r["name"]

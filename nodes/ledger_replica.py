@@ -110,7 +110,7 @@ class LedgerReplica:
         if self.chain is None:
             return {"blocks": []}
         chain = self.chain
-        found = await self._run(lambda: chain.blocks[after + 1 : after + 1 + PAGE])
+        found = await self._run(chain.logged, after + 1, after + PAGE)
         return {"blocks": [[b.number, b.timestamp, b.raw_tx, b.block_hash] for b in found]}
 
     async def verify(self, args: dict[str, Any]) -> dict[str, Any]:

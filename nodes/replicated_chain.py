@@ -20,7 +20,6 @@ from typing import Any
 from ledger.chain import BlockRef, Chain, RawLog, Receipt
 from ledger.errors import ChainError, VmsnapError
 from ledger.tester_chain import EmbeddedChain
-from ledger.txlog import LoggedBlock
 from nodes.peers import Peers
 
 log = logging.getLogger("vmsnap.sequencer")
@@ -111,11 +110,10 @@ class ReplicatedChain(Chain):
         A replica still catching up keeps being fed in the background: a straggler does not
         hold up appends that a majority has already committed.
         """
-        blocks = self.local.blocks
         for name in self.replicas:
             task = self._feeding.get(name)
             if task is None or task.done():
-                self._feeding[name] = asyncio.ensure_future(self._feed(name, blocks, number))
+                self._feeding[name] = asyncio.ensure_future(self._feed(name, number))
         while True:
             agreed = sum(1 for name in self.replicas if self._agrees(name, number))
             pending = [t for t in self._feeding.values() if not t.done()]
@@ -127,14 +125,14 @@ class ReplicatedChain(Chain):
         view = self.views[name]
         return view.reachable and view.problem is None and view.number >= number
 
-    async def _feed(self, name: str, blocks: list[LoggedBlock], number: int) -> bool:
+    async def _feed(self, name: str, number: int) -> bool:
         """Bring one replica up to block `number`; True if it then agrees with the sequencer."""
         view = self.views[name]
         try:
             if not view.reachable:
                 self._heard(view, await self._call(name, "replica.head", {}))
             while view.problem is None and view.number < number:
-                batch = blocks[view.number + 1 : min(number, view.number + SEND_PAGE) + 1]
+                batch = self.local.logged(view.number + 1, min(number, view.number + SEND_PAGE))
                 wire = [[b.number, b.timestamp, b.raw_tx, b.block_hash] for b in batch]
                 answer = await self._call(name, "replica.apply", {"blocks": wire})
                 before = view.number
@@ -154,10 +152,13 @@ class ReplicatedChain(Chain):
         view.reachable = True
         view.number, view.hash = int(answer["number"]), bytes(answer["hash"])
         view.problem = answer.get("problem")
-        blocks = self.local.blocks
-        known = 0 <= view.number < len(blocks)
-        if view.problem is None and known and blocks[view.number].block_hash != view.hash:
+        if view.problem is None and not self.holds(view.number, view.hash):
             view.problem = f"its block {view.number} differs from the sequencer's"
+
+    def holds(self, number: int, block_hash: bytes) -> bool:
+        """False when the sequencer recorded block `number` with another hash."""
+        mine = self.local.logged(number, number) if number >= 0 else []
+        return not mine or mine[0].block_hash == block_hash
 
     async def status(self) -> list[dict[str, Any]]:
         """Every replica: head number and hash, lag behind the sequencer, agreed or diverged."""

@@ -10,6 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from web3 import HTTPProvider, Web3
+from web3.types import RPCEndpoint
+
 from tests.tools import require
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,3 +54,10 @@ def running_anvil() -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def fund(url: str, *addresses: str) -> None:
+    """Give each address 1,000 ether on the anvil node at `url`."""
+    node = Web3(HTTPProvider(url)).provider
+    for address in addresses:
+        node.make_request(RPCEndpoint("anvil_setBalance"), [address, hex(10**21)])

@@ -5,8 +5,6 @@ from collections.abc import Callable, Iterator
 import pytest
 from eth_account.signers.local import LocalAccount
 from eth_utils.crypto import keccak
-from web3 import HTTPProvider, Web3
-from web3.types import RPCEndpoint
 
 from contracts import CompiledContract
 from ledger import events
@@ -32,6 +30,7 @@ from ledger.errors import (
 )
 from ledger.rpc_chain import RpcChain
 from ledger.tester_chain import EmbeddedChain
+from tests.anvil import fund
 from tests.ledger.conftest import fixed_clock
 
 ROOT = keccak(text="merkle root")
@@ -51,9 +50,7 @@ def chain(
         opened = open_chain(chain_settings, fixed_clock)
     else:
         url: str = request.getfixturevalue("anvil")
-        node = Web3(HTTPProvider(url)).provider
-        for account in (admin, operator, outsider):
-            node.make_request(RPCEndpoint("anvil_setBalance"), [account.address, hex(10**21)])
+        fund(url, admin.address, operator.address, outsider.address)
         opened = RpcChain(url)
     try:
         yield opened

@@ -12,8 +12,6 @@ import psycopg
 import pytest
 from eth_account.signers.local import LocalAccount
 from sqlalchemy import create_engine, make_url, text
-from web3 import HTTPProvider, Web3
-from web3.types import RPCEndpoint
 
 from ledger import events, vm
 from ledger.chain import ChainSettings
@@ -21,6 +19,7 @@ from ledger.contract import Entry
 from ledger.errors import InputError, LedgerCorrupted
 from ledger.service import Ledger, LedgerSettings
 from ledger.tables import Base
+from tests.anvil import fund
 from tests.ledger.conftest import GENESIS
 
 ROOT = events.Disk("system", "root", 20 << 30)
@@ -39,8 +38,7 @@ def chain_settings(
     if request.param == "eth-tester":
         return embedded(tmp_path, admin, operator, outsider)
     url: str = request.getfixturevalue("anvil")
-    node = Web3(HTTPProvider(url)).provider
-    node.make_request(RPCEndpoint("anvil_setBalance"), [admin.address, hex(10**21)])
+    fund(url, admin.address)
     return ChainSettings(backend="rpc", rpc_url=url)
 
 

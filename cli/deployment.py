@@ -30,17 +30,23 @@ def init(
     out.print("next: vmsnap up")
 
 
-def up(ctx: typer.Context, json: JsonOption = False) -> None:
+def up(
+    ctx: typer.Context,
+    nodes: Annotated[
+        list[str] | None, typer.Argument(help="Start only these nodes (default: all).")
+    ] = None,
+    json: JsonOption = False,
+) -> None:
     """Start the local network (as background processes) and wait until it answers."""
     shared = state(ctx)
-    started = network.up(shared.config(), shared.env)
+    started = network.up(shared.config(), shared.env, nodes or ())
     if json:
         emit_json([run.__dict__ for run in started])
         return
     for run in started:
         out.print(f"started {run.role} {run.name} on {run.host}:{run.port} (pid {run.pid})")
     if not started:
-        out.print("the network is already running")
+        out.print("already running" if nodes else "the network is already running")
 
 
 def down(ctx: typer.Context) -> None:

@@ -136,9 +136,13 @@ class EmbeddedChain(Chain):
 
     def call(self, sender: bytes, to: bytes, data: bytes) -> bytes:
         """Run a read-only call against the latest block."""
+        return self.call_at(sender, to, data, "latest")
+
+    def call_at(self, sender: bytes, to: bytes, data: bytes, block: int | str) -> bytes:
+        """Run a read-only call against the state after block `block` (a number or "latest")."""
         request = {"from": sender, "to": to, "data": data, "gas": CALL_GAS, "value": 0}
         try:
-            return bytes(self._tester.call(request, "latest"))
+            return bytes(self._tester.call(request, block))
         except TransactionFailed as err:
             raise TransactionReverted(_reason(err)) from err
 
@@ -158,6 +162,11 @@ class EmbeddedChain(Chain):
     def head(self) -> BlockRef:
         """Return the latest mined block."""
         header = self._evm.get_canonical_head()
+        return BlockRef(header.block_number, bytes(header.hash), header.timestamp)
+
+    def block(self, number: int) -> BlockRef:
+        """Return the canonical block `number`."""
+        header = self._evm.get_canonical_block_header_by_number(number)
         return BlockRef(header.block_number, bytes(header.hash), header.timestamp)
 
     def logs(self, address: bytes, from_block: int, to_block: int) -> list[RawLog]:

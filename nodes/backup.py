@@ -50,8 +50,11 @@ class Backup:
 
     @classmethod
     async def open(cls, config: Config, name: str) -> Backup:
-        """Open the chunk store."""
-        return await asyncio.to_thread(cls, config, name)
+        """Open the chunk store; a ledger replica starts catching up from its peers."""
+        node = await asyncio.to_thread(cls, config, name)
+        if node.replica is not None:
+            node.replica.start_catch_up(node.peers)
+        return node
 
     async def close(self) -> None:
         """Sync and close the store, the journals and the connections."""

@@ -74,6 +74,8 @@ class Business:
         """Open every volume and start the NBD server."""
         node = cls(config, name)
         _host, node.nbd_port = await node.nbd.start()
+        if node.replica is not None:
+            node.replica.start_catch_up(node.peers)
         return node
 
     def _served(self, volume: Volume) -> Volume | RemoteMirror:

@@ -84,7 +84,7 @@ class LedgerApi:
         chain = self.ledger.chain
         if not isinstance(chain, ReplicatedChain):
             return {"sequencer": None, "replicas": []}
-        head = await self._run(chain.head)
+        head = await self._run(chain.local.head)
         return {
             "sequencer": {
                 "name": self.name,

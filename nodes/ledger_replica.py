@@ -3,7 +3,13 @@
 The replica applies the blocks the sequencer (the controller) sends, in order, each with the
 timestamp and raw transaction the sequencer mined, and answers with its head block hash: a
 replica that computes another hash, or whose stored transaction log was altered, reports
-itself diverged and applies nothing more. Peers read its blocks to catch up.
+itself diverged and applies nothing more.
+
+When a replica starts it catches up from its peers before the sequencer gets to it: it asks
+every other replica for its head and reads the blocks it lacks, a page at a time, from the
+furthest one that reports no problem, checking each block's hash as it applies it. A
+replica that comes back while the sequencer is down is therefore current again as soon as
+one peer is, and the sequencer only sends what the peers could not.
 """
 
 from __future__ import annotations
@@ -23,12 +29,15 @@ from ledger.errors import InputError, VmsnapError
 from ledger.tester_chain import EmbeddedChain
 from ledger.txlog import LoggedBlock
 from nodes.config import Config
+from nodes.peers import Peers, node_names
 from nodes.request_args import integer
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 T = TypeVar("T")
 log = logging.getLogger("vmsnap.replica")
 PAGE = 256
+PEER_TIMEOUT = 10.0
+CATCH_UP_TRIES = 30
 
 
 class LedgerReplica:
@@ -39,6 +48,10 @@ class LedgerReplica:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replica")
         self.chain: EmbeddedChain | None = None
         self.problem: str | None = None
+        self.peer_names = [
+            n for role in ("business", "backup") for n in node_names(config, role) if n != name
+        ]
+        self._catching_up: asyncio.Task[int] | None = None
         settings = config.ledger_settings(name)
         self.contract_cache = settings.contract_cache
         self._reader = settings.operator_key
@@ -60,8 +73,67 @@ class LedgerReplica:
             "replica.verify": self.verify,
         }
 
+    def start_catch_up(self, peers: Peers) -> None:
+        """Catch up from the peers in the background (see the module's description)."""
+        self._catching_up = asyncio.ensure_future(self.catch_up(peers))
+
+    async def catch_up(self, peers: Peers, pause: float = 1.0) -> int:
+        """Read the blocks this replica lacks from its furthest sound peer; return how many.
+
+        Peers that are not up yet are asked again, for up to `CATCH_UP_TRIES` rounds, until
+        at least one answers.
+        """
+        applied = 0
+        for _round in range(CATCH_UP_TRIES):
+            heads = await self._peer_heads(peers)
+            if heads:
+                for name, number in sorted(heads.items(), key=lambda h: -h[1]):
+                    applied += await self._copy_from(peers, name, number)
+                return applied
+            await asyncio.sleep(pause)
+        return applied
+
+    async def _peer_heads(self, peers: Peers) -> dict[str, int]:
+        async def ask(name: str) -> tuple[str, dict[str, Any] | None]:
+            try:
+                return name, await peers.call(name, "replica.head", {}, timeout=PEER_TIMEOUT)
+            except VmsnapError:
+                return name, None
+
+        answers = await asyncio.gather(*(ask(n) for n in self.peer_names))
+        return {
+            name: int(answer["number"])
+            for name, answer in answers
+            if answer is not None and answer.get("problem") is None
+        }
+
+    async def _copy_from(self, peers: Peers, name: str, number: int) -> int:
+        """Apply `name`'s blocks up to `number` that follow this replica's head."""
+        applied = 0
+        while self.problem is None:
+            mine = (await self.head({}))["number"]
+            if mine >= number:
+                break
+            try:
+                page = await peers.call(
+                    name, "replica.blocks", {"after": mine}, timeout=PEER_TIMEOUT
+                )
+                blocks = [_block(item) for item in page.get("blocks", [])]
+            except VmsnapError as err:
+                log.info("catching up from %s stopped: %s", name, err)
+                break
+            after = (await self._run(self._apply, blocks))["number"]
+            if after <= mine:
+                break
+            applied += after - mine
+        if applied:
+            log.info("caught up %d blocks from %s", applied, name)
+        return applied
+
     def close(self) -> None:
         """Close the chain."""
+        if self._catching_up is not None:
+            self._catching_up.cancel()
         self._worker.shutdown(wait=True)
         if self.chain is not None:
             self.chain.close()

@@ -6,11 +6,12 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ledger.errors import InputError
 from nodes.client import call_sync
 from nodes.config import Config
 from nodes.errors import NetworkNotRunning, NodeError
@@ -37,12 +38,20 @@ def topology(config: Config) -> list[NodeSpec]:
     ]
 
 
-def up(config: Config, env: Mapping[str, str]) -> list[RunFile]:
-    """Start every node that is not running (all at once); wait until each has started."""
+def up(config: Config, env: Mapping[str, str], only: Sequence[str] = ()) -> list[RunFile]:
+    """Start every node (or those named in `only`) that is not running; wait until each has.
+
+    The nodes start all at once.
+    """
+    specs = topology(config)
+    unknown = sorted(set(only) - {spec.name for spec in specs})
+    if unknown:
+        known = ", ".join(spec.name for spec in specs)
+        raise InputError(f"no node named {', '.join(unknown)} in this deployment (nodes: {known})")
     spawned = [
         (spec, _spawn(config, spec, env))
-        for spec in topology(config)
-        if _alive(config, spec.name) is None
+        for spec in specs
+        if (not only or spec.name in only) and _alive(config, spec.name) is None
     ]
     started: list[RunFile] = []
     try:

@@ -185,9 +185,22 @@ class ReplicatedChain(Chain):
             )
         return out
 
+    def visible(self) -> int:
+        """The last block reads may see: the last one a majority committed.
+
+        Right after start-up nothing is known to be committed yet; the first read then
+        commits what the sequencer holds (waiting up to `patience` for a majority).
+        """
+        if self.committed < 0:
+            self.settle()
+        return min(self.committed, self.local.head().number)
+
     def call(self, sender: bytes, to: bytes, data: bytes) -> bytes:
-        """Read-only calls run on the sequencer's copy."""
-        return self.local.call(sender, to, data)
+        """Read-only calls run on the sequencer's copy, as of the last committed block."""
+        head = self.local.head().number
+        visible = self.visible()
+        block: int | str = "latest" if visible >= head else visible
+        return self.local.call_at(sender, to, data, block)
 
     def nonce(self, account: bytes) -> int:
         """The account's nonce at the sequencer's head."""
@@ -202,8 +215,8 @@ class ReplicatedChain(Chain):
         return self.local.gas_limit()
 
     def head(self) -> BlockRef:
-        """The sequencer's head block."""
-        return self.local.head()
+        """The last committed block (a block mined but not agreed on is not shown)."""
+        return self.local.block(self.visible())
 
     def logs(self, address: bytes, from_block: int, to_block: int) -> list[RawLog]:
         """Logs up to the last committed block only (uncommitted blocks are not visible)."""

@@ -116,9 +116,13 @@ class Snapshots:
         counts = self._progress.get(vm)
         if snapshot is None or counts is None:
             return {"snapshot": snapshot, "total": None, "done": 0}
-        reply = await self.peers.call(
-            self._transfer_node(vm), "transfer.progress", {"view": snapshot}
-        )
+        try:
+            reply = await self.peers.call(
+                self._transfer_node(vm), "transfer.progress", {"view": snapshot}
+            )
+        except VmsnapError:
+            # The workflow itself reports what is wrong with the transfer node.
+            reply = {"bytes_read": 0}
         current = int(reply["bytes_read"] or 0)
         return {"snapshot": snapshot, "total": counts["total"], "done": counts["done"] + current}
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from nodes.client import call_sync
+from nodes.config import load_config
 from tests.cli.conftest import Deployment, make_deployment
-from tests.e2e.processes import kill_node
+from tests.e2e.processes import kill_node, runfile
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +32,16 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
 
 def replicas(net: Deployment) -> dict[str, dict[str, Any]]:
     return {r["name"]: r for r in net.json("ledger", "nodes")}
+
+
+def caught_up(net: Deployment, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
+    """The replicas once none is still behind (stragglers are fed in the background)."""
+    deadline = time.monotonic() + timeout
+    found = replicas(net)
+    while any(r["state"] == "behind" for r in found.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        found = replicas(net)
+    return found
 
 
 def register(net: Deployment, name: str) -> Any:
@@ -69,19 +82,58 @@ def test_two_replicas_down_appends_go_on_three_down_they_stop_and_nothing_is_los
     assert sorted(states.values()) == ["agreed", "agreed", "agreed", "down", "down"]
 
     kill_node(net.root, "backup-2", forget=True)
+    before = net.json("ledger", "head")
     stopped = register(net, "rep-03")
     assert stopped.exit_code == 6
     assert "only 2 of 5 ledger replicas" in stopped.output
     assert stopped.output.count("\n") == 1
     assert "rep-03" not in vms(net), "an append without a majority is not visible"
+    assert net.json("ledger", "head") == before, "the uncommitted block is not the head"
 
     net.ok("up")
     assert register(net, "rep-04").exit_code == 0
     assert {"rep-02", "rep-03", "rep-04"} <= vms(net), "the held append was committed first"
-    found = replicas(net)
+    found = caught_up(net)
     assert {r["state"] for r in found.values()} == {"agreed"}
     assert {r["lag"] for r in found.values()} == {0}
     assert net.json("ledger", "verify")["ok"] is True
+
+
+def replica_head(net: Deployment, node: str) -> int:
+    """The head block number `node`'s replica reports, asked directly (no sequencer)."""
+    run = runfile(net.root, node)
+    secret = load_config(net.config, {}).secret()
+    answer = call_sync(run["host"], run["port"], secret, "replica.head", peer=node, timeout=10)
+    return int(answer["number"])
+
+
+def test_a_replica_back_while_the_sequencer_is_down_catches_up_from_its_peers(
+    net: Deployment,
+) -> None:
+    kill_node(net.root, "backup-3", forget=True)
+    assert register(net, "rep-06").exit_code == 0
+    assert register(net, "rep-07").exit_code == 0
+    ahead = replica_head(net, "backup-2")
+    kill_node(net.root, "controller", forget=True)
+
+    net.ok("up", "backup-3")
+    assert not (net.root / "data" / "run" / "controller.json").exists()
+    deadline = time.monotonic() + 60
+    while replica_head(net, "backup-3") < ahead and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert replica_head(net, "backup-3") == ahead, "caught up with no sequencer running"
+
+    net.ok("up")
+    found = caught_up(net)
+    assert {r["state"] for r in found.values()} == {"agreed"}
+    assert {"rep-06", "rep-07"} <= vms(net)
+
+
+def test_up_with_an_unknown_node_name_is_one_line_and_starts_nothing(net: Deployment) -> None:
+    refused = net.run("up", "backup-9")
+    assert refused.exit_code == 2
+    assert "no node named backup-9" in refused.output
+    assert refused.output.count("\n") == 1
 
 
 def test_a_replica_whose_log_was_altered_is_flagged_and_the_others_go_on(

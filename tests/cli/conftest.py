@@ -11,6 +11,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from cli.main import app
+from nodes.chunks import ChunkCodec
+from nodes.config import load_config
 
 
 @dataclass
@@ -34,6 +36,11 @@ class Deployment:
 
     def json(self, *args: str) -> Any:
         return json.loads(self.ok(*args, "--json").stdout)
+
+    def codec(self) -> ChunkCodec:
+        """The deployment's chunk codec: keyed and encrypting when its config says so."""
+        config = load_config(self.config, {})
+        return ChunkCodec(config.data_key(), config.storage.compression_level)
 
 
 def make_deployment(root: Path) -> Deployment:

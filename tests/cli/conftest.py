@@ -43,9 +43,9 @@ class Deployment:
         return ChunkCodec(config.data_key(), config.storage.compression_level)
 
 
-def make_deployment(root: Path) -> Deployment:
+def make_deployment(root: Path, *init_args: str) -> Deployment:
     runner = CliRunner()
-    result = runner.invoke(app, ["init", "--dir", str(root), "--name", "test"])
+    result = runner.invoke(app, ["init", "--dir", str(root), "--name", "test", *init_args])
     assert result.exit_code == 0, result.output
     return Deployment(root, runner)
 
@@ -56,9 +56,9 @@ def deployment(tmp_path: Path) -> Deployment:
 
 
 @contextlib.contextmanager
-def running(root: Path) -> Iterator[Deployment]:
+def running(root: Path, *init_args: str) -> Iterator[Deployment]:
     """A new deployment at `root` with its network up; it goes down afterwards."""
-    deployment = make_deployment(root)
+    deployment = make_deployment(root, *init_args)
     deployment.ok("up")
     try:
         yield deployment

@@ -88,6 +88,8 @@ def _passphrase(shared: AppState, path: Path | None, confirm: bool) -> bytes:
             text = path.read_text().split("\n", 1)[0].removesuffix("\r")
         except (OSError, UnicodeDecodeError) as error:
             raise InputError(f"cannot read the passphrase file {path}") from error
+        if not text:
+            raise InputError(f"the passphrase file {path} starts with an empty line")
     elif shared.env.get(PASSPHRASE_ENV):
         text = shared.env[PASSPHRASE_ENV]
     else:

@@ -229,3 +229,17 @@ def test_status_and_key_show_warn_about_a_key_file_others_can_read(
         result = deployment.ok(*command)
         assert warning in result.output
     assert deployment.json("key", "show")["exposed"] == "open to group and others (mode 0644)"
+
+
+def test_an_empty_or_missing_passphrase_file_is_refused_and_writes_nothing(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    empty = _passphrase_file(tmp_path, "")
+    target = tmp_path / "k.json"
+    result = deployment.run("key", "export", str(target), "--passphrase-file", str(empty))
+    assert result.exit_code == 2
+    assert result.output == f"error: the passphrase file {empty} starts with an empty line\n"
+    missing = tmp_path / "absent.txt"
+    result = deployment.run("key", "export", str(target), "--passphrase-file", str(missing))
+    assert result.output == f"error: cannot read the passphrase file {missing}\n"
+    assert not target.exists()

@@ -24,6 +24,15 @@ PRIVATE_MODE = 0o600
 
 def write_private(path: Path, data: bytes, *, replace: bool = False) -> None:
     """Write `data` to `path`, mode 0600, atomically; an existing file only if `replace`."""
+    try:
+        _write(path, data, replace)
+    except FileExistsError as err:
+        raise InputError(f"{path} already exists") from err
+    except OSError as err:
+        raise InputError(f"cannot write {path}: {err.strerror}") from err
+
+
+def _write(path: Path, data: bytes, replace: bool) -> None:
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(name)
     try:
@@ -35,17 +44,10 @@ def write_private(path: Path, data: bytes, *, replace: bool = False) -> None:
         if replace:
             tmp.replace(path)
         else:
-            _link_new(tmp, path)
+            path.hardlink_to(tmp)
     finally:
         tmp.unlink(missing_ok=True)
     _sync_folder(path.parent)
-
-
-def _link_new(tmp: Path, path: Path) -> None:
-    try:
-        path.hardlink_to(tmp)
-    except FileExistsError as err:
-        raise InputError(f"{path} already exists") from err
 
 
 def _sync_folder(folder: Path) -> None:

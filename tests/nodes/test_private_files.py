@@ -64,3 +64,10 @@ def test_exposure_names_group_and_others_and_ignores_a_private_file(tmp_path: Pa
     assert (
         line == f"warning: {target} is open to group and others (mode 0644): run chmod 600 {target}"
     )
+
+
+def test_a_folder_that_cannot_be_written_is_one_error_line(tmp_path: Path) -> None:
+    target = tmp_path / "absent" / "key"
+    with pytest.raises(InputError) as raised:
+        write_private(target, b"k")
+    assert raised.value.message == f"cannot write {target}: No such file or directory"

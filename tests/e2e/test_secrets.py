@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import Result
+from typer.testing import CliRunner, Result
 
 from cli.main import app
 from nodes.data_key import generate, write_key
-from tests.cli.conftest import Deployment, make_deployment
+from tests.cli.conftest import Deployment
 from tests.e2e.processes import runfile
 from tests.e2e.qemu import qemu_io
 
@@ -51,13 +51,15 @@ class Transcript:
 
 
 def test_no_secret_or_key_appears_in_logs_run_files_or_output(tmp_path: Path) -> None:
-    deployment = make_deployment(tmp_path / "deployment")
-    root = deployment.root
+    root = tmp_path / "deployment"
+    init = CliRunner().invoke(app, ["init", "--dir", str(root)])
+    assert init.exit_code == 0, init.output
+    log = Transcript(Deployment(root, CliRunner()))
+    log.outputs.append(("init", init.output))
     secrets = {**forms(root / "secret"), **forms(root / "operator.key"), **forms(root / "data.key")}
     passphrase_file = tmp_path / "passphrase.txt"
     passphrase_file.write_text(PASSPHRASE + "\n")
     secrets["passphrase"] = PASSPHRASE.encode()
-    log = Transcript(deployment)
     log.ok("up", env={"VMSNAP_PASSPHRASE": PASSPHRASE})
     try:
         environ = Path(f"/proc/{runfile(root, 'controller')['pid']}/environ").read_bytes()

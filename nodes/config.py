@@ -288,6 +288,10 @@ def _section(name: str, cls: type[Any], values: Any, env: Mapping[str, str]) -> 
 
 
 def _parse_env(where: str, hint: Any, text: str) -> Any:
+    if hint is bool:
+        if text.lower() not in ("true", "false"):
+            raise ConfigError(where, f"{text!r} is not true or false")
+        return text.lower() == "true"
     try:
         return hint(text) if hint in (int, float) else text
     except ValueError as err:

@@ -98,3 +98,17 @@ def test_the_ledger_settings_repr_shows_neither_the_operator_key_nor_the_databas
     settings = load_config(deployment.config, {}).ledger_settings()
     key = (deployment.root / "operator.key").read_text().strip().removeprefix("0x")
     assert key not in repr(settings) and "hunter2" not in repr(settings)
+
+
+def test_a_boolean_setting_is_overridden_from_the_environment(deployment: Deployment) -> None:
+    env = {"VMSNAP_STORAGE_ENCRYPTION": "false"}
+    assert load_config(deployment.config, {}).storage.encryption is True
+    assert load_config(deployment.config, env).storage.encryption is False
+    result = deployment.runner.invoke(
+        app, ["--config", str(deployment.config), "status"], env={"VMSNAP_CHAIN_REPLICAS": "maybe"}
+    )
+    assert result.exit_code == 2
+    assert (
+        result.output
+        == "error: configuration VMSNAP_CHAIN_REPLICAS: 'maybe' is not true or false\n"
+    )

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.render import emit_json, out, table
+from cli.render import emit_json, out, table, warn_exposed
 from cli.state import state
 from ledger.sizes import format_size
 from nodes import disk_io, maintenance, network
@@ -22,11 +22,27 @@ def init(
     base_port: Annotated[
         int, typer.Option(help="First port of the nodes; 0 picks free ports.")
     ] = 0,
+    encryption: Annotated[
+        bool,
+        typer.Option(
+            "--encryption/--no-encryption",
+            help="Encrypt chunks and manifests at rest with keys derived from data.key.",
+        ),
+    ] = True,
 ) -> None:
-    """Create a deployment: vmsnap.toml, the secret, an operator key and data folders."""
-    created = init_deployment(folder.resolve(), name=name, base_port=base_port)
+    """Create a deployment: vmsnap.toml, the secret, an operator key, a data key and folders."""
+    created = init_deployment(
+        folder.resolve(), name=name, base_port=base_port, encryption=encryption
+    )
     out.print(f"initialised deployment {name!r} in {created.config.root}")
     out.print(f"operator account {created.operator}")
+    if encryption:
+        out.print(
+            f"data at rest is encrypted with data.key (fingerprint {created.data_key_fingerprint})"
+            ": losing it loses every snapshot; keep a copy with vmsnap key export FILE"
+        )
+    else:
+        out.print("data at rest is not encrypted (--no-encryption)")
     out.print("next: vmsnap up")
 
 
@@ -39,7 +55,9 @@ def up(
 ) -> None:
     """Start the local network (as background processes) and wait until it answers."""
     shared = state(ctx)
-    started = network.up(shared.config(), shared.env, nodes or ())
+    config = shared.config()
+    warn_exposed(config)
+    started = network.up(config, shared.env, nodes or ())
     if json:
         emit_json([run.__dict__ for run in started])
         return
@@ -58,6 +76,7 @@ def down(ctx: typer.Context) -> None:
 def status(ctx: typer.Context, json: JsonOption = False) -> None:
     """Show every node: role, address, up or down, and what it holds."""
     config = state(ctx).config()
+    warn_exposed(config)
     rows = network.status(config)
     backups = [r for r in rows if r["role"] == "backup" and r["state"] == "up"]
     if backups:

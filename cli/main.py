@@ -16,6 +16,7 @@ from cli import (
     backup,
     deployment,
     disk,
+    key,
     ledger,
     node,
     retention,
@@ -96,6 +97,7 @@ app.add_typer(rollback.app, name="rollback")
 app.add_typer(schedule.app, name="schedule")
 app.add_typer(retention.app, name="retention")
 app.add_typer(backup.app, name="backup")
+app.add_typer(key.app, name="key")
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(audit.app, name="audit")
 app.add_typer(node.app, name="node")

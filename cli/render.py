@@ -19,9 +19,18 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from nodes.config import Config
+from nodes.private_files import exposure_warnings
+
 _WIDTH = None if sys.stdout.isatty() else 160
 out = Console(highlight=False, soft_wrap=True, width=_WIDTH)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def warn_exposed(config: Config) -> None:
+    """Name, on stderr, every secret or key file that its group or others can read."""
+    for line in exposure_warnings(config.private_files()):
+        err.print(line, markup=False)
 
 
 def emit_json(value: Any) -> None:

@@ -8,7 +8,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,16 @@ log = logging.getLogger("vmsnap.ledger")
 
 @dataclass(frozen=True)
 class LedgerSettings:
-    """Everything the ledger needs, passed down from the configuration."""
+    """Everything the ledger needs, passed down from the configuration.
+
+    The key and the database URL (which may carry a password) stay out of its repr.
+    """
 
     deployment: str
     chain: ChainSettings
-    projection_url: str
+    projection_url: str = field(repr=False)
     state_file: Path
-    operator_key: str
+    operator_key: str = field(repr=False)
     contract_address: str = ""
     contract_cache: Path | None = None
 

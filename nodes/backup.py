@@ -14,6 +14,7 @@ from ledger.errors import InputError
 from nodes.chunk_store import ChunkStore
 from nodes.chunks import ChunkCodec
 from nodes.config import Config
+from nodes.data_key import check_node, fingerprint, record_check
 from nodes.errors import ChunkCorrupted, ChunkMissing
 from nodes.ledger_replica import LedgerReplica
 from nodes.mirror_service import MirrorService
@@ -34,6 +35,9 @@ class Backup:
     def __init__(self, config: Config, name: str) -> None:
         self.config = config
         self.name = name
+        key = config.data_key()
+        # The key to record in the node's key check with its first chunk (None: recorded).
+        self._unchecked = None if check_node(name, config.node_dir(name), key) else key
         self.store = ChunkStore(config.node_dir(name) / "chunks")
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self.peers = Peers(config, name)
@@ -43,7 +47,7 @@ class Backup:
             else None
         )
         cluster = BackupCluster(self.peers, node_names(config, "backup"), config.topology.replicas)
-        codec = ChunkCodec(config.data_key(), config.storage.compression_level)
+        codec = ChunkCodec(key, config.storage.compression_level)
         self.mirrors = MirrorService(
             config.node_dir(name) / "mirrors", name, self.peers, cluster, codec, self._local
         )
@@ -120,6 +124,11 @@ class Backup:
             if len(item[0]) != ID_SIZE:
                 raise InputError("a chunk id is 32 bytes")
             pairs.append((item[0], item[1]))
+        if pairs and self._unchecked is not None:
+            await self._run(
+                record_check, self.config.node_dir(self.name), fingerprint(self._unchecked)
+            )
+            self._unchecked = None
         stored = await self._run(self.store.put_many, pairs)
         return {"stored": sum(1 for new in stored if new)}
 

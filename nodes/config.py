@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, get_type_hints
 
 from ledger.chain import ChainSettings
 from ledger.errors import ConfigError, InputError
+from nodes.data_key import parse_key
 
 if TYPE_CHECKING:
     from ledger.service import LedgerSettings
@@ -77,7 +78,11 @@ class TopologyConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    """Data-plane settings: the chunk size of new volumes and compression."""
+    """Data-plane settings: the chunk size of new volumes, compression and encryption.
+
+    Encryption is off when a config file does not mention it (deployments made before it
+    was on by default); `vmsnap init` writes it on unless told otherwise.
+    """
 
     chunk_size: int = 64 * 1024
     compression_level: int = 3
@@ -143,18 +148,24 @@ class Config:
         """A node's own data folder."""
         return self.data_dir / "nodes" / name
 
+    @property
+    def data_key_path(self) -> Path:
+        """The data key file."""
+        return self.root / self.deployment.data_key_file
+
+    def private_files(self) -> list[Path]:
+        """Every secret and key file of the deployment (each ``*_file`` of [deployment])."""
+        return [
+            self.root / getattr(self.deployment, f.name)
+            for f in dataclasses.fields(self.deployment)
+            if f.name.endswith("_file")
+        ]
+
     def data_key(self) -> bytes | None:
         """The key chunk ids and encryption keys derive from; None when encryption is off."""
         if not self.storage.encryption:
             return None
-        text = _read_secret(self.root / self.deployment.data_key_file, "data key")
-        try:
-            key = bytes.fromhex(text)
-        except ValueError as err:
-            raise ConfigError("data key", "the data key file does not hold hex") from err
-        if len(key) != 32:
-            raise ConfigError("data key", "the data key must be 32 bytes")
-        return key
+        return parse_key(_read_secret(self.data_key_path, "data key"))
 
     def secret(self) -> bytes:
         """The deployment secret every connection authenticates with."""
@@ -277,6 +288,10 @@ def _section(name: str, cls: type[Any], values: Any, env: Mapping[str, str]) -> 
 
 
 def _parse_env(where: str, hint: Any, text: str) -> Any:
+    if hint is bool:
+        if text.lower() not in ("true", "false"):
+            raise ConfigError(where, f"{text!r} is not true or false")
+        return text.lower() == "true"
     try:
         return hint(text) if hint in (int, float) else text
     except ValueError as err:

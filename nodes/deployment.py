@@ -1,15 +1,16 @@
-"""Create a deployment: its config file, secret, operator key and data folders."""
+"""Create a deployment: its config file, secret, operator key, data key and data folders."""
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ledger.errors import InputError
+from nodes import data_key
 from nodes.config import CONFIG_NAME, Config, load_config
+from nodes.private_files import write_private
 
 TEMPLATE = """\
 # vmsnap deployment configuration; see docs/operations.md.
@@ -49,7 +50,7 @@ replicas = 2                       # copies of every chunk on the backup cluster
 [storage]
 chunk_size = 65536                 # bytes; dirty tracking, dedup and transfer unit of new volumes
 compression_level = 3              # zstd level
-encryption = false                 # encrypt chunks at rest with keys derived from data.key
+encryption = {encryption}# encrypt chunks at rest with keys derived from data.key
 background_nice = 10               # CPU niceness of transfer and backup nodes: VM I/O comes first
 
 [vm_driver]
@@ -67,9 +68,12 @@ class Deployment:
 
     config: Config
     operator: str
+    data_key_fingerprint: str
 
 
-def init_deployment(folder: Path, name: str = "vmsnap", base_port: int = 0) -> Deployment:
+def init_deployment(
+    folder: Path, name: str = "vmsnap", base_port: int = 0, encryption: bool = True
+) -> Deployment:
     """Write a working deployment into `folder`; refuse if one is already there."""
     if not 0 <= base_port <= 65535:
         raise InputError(f"invalid base port {base_port}: use 0 to 65535")
@@ -84,16 +88,22 @@ def init_deployment(folder: Path, name: str = "vmsnap", base_port: int = 0) -> D
     account = Account.create()
     _write_private(folder / "secret", secrets.token_hex(32) + "\n")
     _write_private(folder / "operator.key", account.key.hex() + "\n")
-    _write_private(folder / "data.key", secrets.token_hex(32) + "\n")
-    text = TEMPLATE.format(name=name, base_port=base_port, genesis=int(time.time()))
+    key = data_key.generate()
+    data_key.write_key(folder / "data.key", key)
+    text = TEMPLATE.format(
+        name=name,
+        base_port=base_port,
+        genesis=int(time.time()),
+        encryption=f"{str(encryption).lower():22}",
+    )
     config_path.write_text(text)
     config = load_config(config_path.resolve(), {})
     for path in (config.data_dir, config.run_dir, config.log_dir):
         path.mkdir(parents=True, exist_ok=True)
-    return Deployment(config=config, operator=account.address)
+    return Deployment(
+        config=config, operator=account.address, data_key_fingerprint=data_key.fingerprint(key)
+    )
 
 
 def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
+    write_private(path, text.encode())

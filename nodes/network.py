@@ -19,6 +19,8 @@ from nodes.peers import node_names
 from nodes.runfile import RunFile, process_alive
 
 STOP_TIMEOUT = 15.0
+PRIVATE_ENV = frozenset({"VMSNAP_PASSPHRASE"})
+"""Variables only the CLI reads, never passed on to node processes."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,11 @@ def status(config: Config) -> list[dict[str, Any]]:
     return rows
 
 
+def running(config: Config) -> list[str]:
+    """The nodes of the topology whose process runs now."""
+    return [spec.name for spec in topology(config) if _alive(config, spec.name) is not None]
+
+
 def controller(config: Config) -> RunFile:
     """The running controller's run file; NetworkNotRunning if there is none."""
     run = RunFile.read(config.run_dir / "controller.json")
@@ -154,7 +161,7 @@ def _spawn(config: Config, spec: NodeSpec, env: Mapping[str, str]) -> int:
         return os.posix_spawn(
             sys.executable,
             command,
-            dict(env),
+            {k: v for k, v in env.items() if k not in PRIVATE_ENV},
             setsid=True,
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),

@@ -16,6 +16,7 @@ from ledger.errors import NotFound, VmsnapError
 from ledger.service import Ledger
 from nodes.activity import Activity, VmBusy
 from nodes.config import Config
+from nodes.errors import NodeError
 from nodes.gc import DataGate
 from nodes.manifest import snapshot_root
 from nodes.peers import Peers, node_names
@@ -120,9 +121,9 @@ class Snapshots:
             reply = await self.peers.call(
                 self._transfer_node(vm), "transfer.progress", {"view": snapshot}
             )
-        except VmsnapError:
-            # The workflow itself reports what is wrong with the transfer node.
-            reply = {"bytes_read": 0}
+        except NodeError:
+            # A progress report is best effort: the snapshot itself reports the failure.
+            reply = {"bytes_read": None}
         current = int(reply["bytes_read"] or 0)
         return {"snapshot": snapshot, "total": counts["total"], "done": counts["done"] + current}
 

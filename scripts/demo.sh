@@ -14,6 +14,12 @@ step vmsnap init --dir "$dir" --name demo
 step vmsnap up
 step vmsnap status
 
+say "chunks and manifests are encrypted at rest with data.key; keep a copy, wrapped with a passphrase"
+step vmsnap key show
+export VMSNAP_PASSPHRASE="demo passphrase, use a long one"
+step vmsnap key export "$dir/data-key.json"
+unset VMSNAP_PASSPHRASE
+
 say "two VMs; their disks become volumes on the business node, served over NBD"
 step vmsnap vm register web-01 --type kvm --ip 10.0.0.11 --disk system:root:64M --disk data:db:32M
 step vmsnap vm register build-02 --type kvm --ip 10.0.0.12 --disk system:root:40G

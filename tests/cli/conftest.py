@@ -11,6 +11,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from cli.main import app
+from nodes.chunks import ChunkCodec
+from nodes.config import load_config
 
 
 @dataclass
@@ -35,10 +37,15 @@ class Deployment:
     def json(self, *args: str) -> Any:
         return json.loads(self.ok(*args, "--json").stdout)
 
+    def codec(self) -> ChunkCodec:
+        """The deployment's chunk codec: keyed and encrypting when its config says so."""
+        config = load_config(self.config, {})
+        return ChunkCodec(config.data_key(), config.storage.compression_level)
 
-def make_deployment(root: Path) -> Deployment:
+
+def make_deployment(root: Path, *init_args: str) -> Deployment:
     runner = CliRunner()
-    result = runner.invoke(app, ["init", "--dir", str(root), "--name", "test"])
+    result = runner.invoke(app, ["init", "--dir", str(root), "--name", "test", *init_args])
     assert result.exit_code == 0, result.output
     return Deployment(root, runner)
 
@@ -49,9 +56,9 @@ def deployment(tmp_path: Path) -> Deployment:
 
 
 @contextlib.contextmanager
-def running(root: Path) -> Iterator[Deployment]:
+def running(root: Path, *init_args: str) -> Iterator[Deployment]:
     """A new deployment at `root` with its network up; it goes down afterwards."""
-    deployment = make_deployment(root)
+    deployment = make_deployment(root, *init_args)
     deployment.ok("up")
     try:
         yield deployment

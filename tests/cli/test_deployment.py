@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from cli.main import app
+from nodes.config import load_config
 from tests.cli.conftest import Deployment
 
 
@@ -72,3 +74,41 @@ def test_environment_overrides_the_config_file(deployment: Deployment) -> None:
     )
     assert result.exit_code == 2
     assert "VMSNAP_WIRE_TIMEOUT" in result.output
+
+
+def test_init_writes_every_secret_file_0600_whatever_the_umask(tmp_path: Path) -> None:
+    previous = os.umask(0)
+    try:
+        result = CliRunner().invoke(app, ["init", "--dir", str(tmp_path / "d")])
+    finally:
+        os.umask(previous)
+    assert result.exit_code == 0, result.output
+    config = load_config(tmp_path / "d" / "vmsnap.toml", {})
+    assert [p.name for p in config.private_files()] == ["secret", "operator.key", "data.key"]
+    for path in config.private_files():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+
+
+def test_the_ledger_settings_repr_shows_neither_the_operator_key_nor_the_database_url(
+    deployment: Deployment,
+) -> None:
+    text = deployment.config.read_text()
+    url = "postgresql+psycopg://vmsnap:hunter2-password@127.0.0.1/vmsnap"
+    deployment.config.write_text(text.replace('\nurl = ""', f'\nurl = "{url}"', 1))
+    settings = load_config(deployment.config, {}).ledger_settings()
+    key = (deployment.root / "operator.key").read_text().strip().removeprefix("0x")
+    assert key not in repr(settings) and "hunter2" not in repr(settings)
+
+
+def test_a_boolean_setting_is_overridden_from_the_environment(deployment: Deployment) -> None:
+    env = {"VMSNAP_STORAGE_ENCRYPTION": "false"}
+    assert load_config(deployment.config, {}).storage.encryption is True
+    assert load_config(deployment.config, env).storage.encryption is False
+    result = deployment.runner.invoke(
+        app, ["--config", str(deployment.config), "status"], env={"VMSNAP_CHAIN_REPLICAS": "maybe"}
+    )
+    assert result.exit_code == 2
+    assert (
+        result.output
+        == "error: configuration VMSNAP_CHAIN_REPLICAS: 'maybe' is not true or false\n"
+    )

@@ -189,9 +189,7 @@ def test_snapshot_verify_fails_loudly_when_every_copy_of_a_chunk_is_altered(
     image.write_bytes(bytes(3 * MiB) + victim)
     net.ok("disk", "import", "victim-01", "root", str(image))
     snap = net.json("snapshot", "create", "victim-01")
-    from nodes.chunks import ChunkCodec
-
-    chunk_id = ChunkCodec(None).chunk_id(victim)
+    chunk_id = net.codec().chunk_id(victim)
     altered = 0
     for pack in (net.root / "data" / "nodes").glob("backup-*/chunks/packs/*.pack"):
         data = bytearray(pack.read_bytes())

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from nodes.chunks import ChunkCodec
 from nodes.config import load_config
 from nodes.peers import Peers, node_names
 from nodes.replication import BackupCluster
@@ -191,7 +190,7 @@ def test_transfer_stores_the_frozen_view_not_later_writes(net: Deployment) -> No
         v is not None for v in chunk_map.values()
     )
     blobs = _cluster_get(net, [chunk_map[0]])
-    codec = ChunkCodec(None)
+    codec = net.codec()
     first = codec.decode(chunk_map[0], blobs[chunk_map[0]])
     assert first == b"\x31" * 65536
     _call(net, "business-1", "volume.commit_base", {**target, "view": "v1"})

@@ -23,10 +23,12 @@ def init(
         int, typer.Option(help="First port of the nodes; 0 picks free ports.")
     ] = 0,
 ) -> None:
-    """Create a deployment: vmsnap.toml, the secret, an operator key and data folders."""
+    """Create a deployment: vmsnap.toml, the secret, the three ledger keys and data folders."""
     created = init_deployment(folder.resolve(), name=name, base_port=base_port)
     out.print(f"initialised deployment {name!r} in {created.config.root}")
+    out.print(f"admin account {created.admin} (admin.key: keep it offline once the network is up)")
     out.print(f"operator account {created.operator}")
+    out.print(f"deleter account {created.deleter}")
     out.print("next: vmsnap up")
 
 

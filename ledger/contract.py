@@ -111,6 +111,7 @@ class LedgerContract:
         self, chain: Chain, compiled: CompiledContract, address: bytes, account: LocalAccount
     ) -> None:
         self.chain = chain
+        self.compiled = compiled
         self.address = address
         self.account = account
         self._abi = Web3().eth.contract(abi=compiled.abi)
@@ -133,6 +134,10 @@ class LedgerContract:
             raise ChainError("deploying the ledger contract failed")
         client.address = receipt.contract_address
         return client, receipt
+
+    def signed_by(self, account: LocalAccount) -> LedgerContract:
+        """The same contract, driven by another account (with its own nonce)."""
+        return LedgerContract(self.chain, self.compiled, self.address, account)
 
     @property
     def address_hex(self) -> str:
@@ -310,14 +315,14 @@ class LedgerContract:
         )
 
 
-def operator_account(private_key_hex: str) -> LocalAccount:
-    """Return the signing account for a hex private key."""
+def operator_account(private_key_hex: str, what: str = "operator key") -> LocalAccount:
+    """Return the signing account for a hex private key (`what` names it in errors)."""
     try:
         account: LocalAccount = Account.from_key(
             bytes.fromhex(private_key_hex.strip().removeprefix("0x"))
         )
     except ValueError as err:
-        raise InputError("the operator key is not a valid private key") from err
+        raise InputError(f"the {what} is not a valid private key") from err
     return account
 
 

@@ -21,12 +21,18 @@ MAX_FRAME = 16 * 1024 * 1024
 
 @dataclass(frozen=True)
 class DeploymentConfig:
-    """Where the deployment keeps its files (paths relative to the config file)."""
+    """Where the deployment keeps its files (paths relative to the config file).
+
+    An empty `admin_key_file` or `deleter_key_file` means the operator key plays
+    that part too (deployments made with one key for every role).
+    """
 
     name: str = "vmsnap"
     data_dir: str = "data"
     secret_file: str = "secret"
     operator_key_file: str = "operator.key"
+    admin_key_file: str = ""
+    deleter_key_file: str = ""
     data_key_file: str = "data.key"
 
 
@@ -48,6 +54,7 @@ class ChainConfig:
     contract_address: str = ""
     genesis_timestamp: int = 1_767_225_600
     replicas: bool = False
+    funded: str = ""
 
 
 @dataclass(frozen=True)
@@ -168,6 +175,24 @@ class Config:
         """The operator's private key (hex)."""
         return _read_secret(self.root / self.deployment.operator_key_file, "operator key")
 
+    def admin_key(self) -> str | None:
+        """The admin's private key: None if the operator is the admin, "" if not held here."""
+        return _optional_key(self.root, self.deployment.admin_key_file)
+
+    def deleter_key(self) -> str | None:
+        """The deleter's private key: None if the operator deletes, "" if not held here."""
+        return _optional_key(self.root, self.deployment.deleter_key_file)
+
+    def funded(self, operator: str) -> tuple[str, ...]:
+        """The accounts the embedded chain's genesis funds (``chain.funded``, or the operator)."""
+        from eth_utils.address import is_hex_address
+
+        listed = tuple(a.strip() for a in self.chain.funded.split(",") if a.strip())
+        for address in listed:
+            if not is_hex_address(address):
+                raise ConfigError("chain.funded", f"{address!r} is not an account address")
+        return listed or (operator,)
+
     def ledger_settings(self, node: str = "controller") -> LedgerSettings:
         """The ledger settings of the node that hosts the ledger."""
         from eth_account import Account
@@ -187,7 +212,7 @@ class Config:
                 rpc_url=self.chain.rpc_url,
                 data_dir=folder / "chain",
                 genesis_timestamp=self.chain.genesis_timestamp,
-                funded=(operator,),
+                funded=self.funded(operator),
                 timeout=self.wire.timeout,
             ),
             projection_url=self.projection.url or f"sqlite:///{folder / 'projection.sqlite'}",
@@ -195,6 +220,8 @@ class Config:
             operator_key=key,
             contract_address=self.chain.contract_address,
             contract_cache=self.data_dir / "cache",
+            admin_key=self.admin_key(),
+            deleter_key=self.deleter_key(),
         )
 
 
@@ -289,6 +316,16 @@ def _typed(where: str, hint: Any, value: Any) -> Any:
     if not isinstance(value, hint) or isinstance(value, bool) != (hint is bool):
         raise ConfigError(where, f"expected {hint.__name__}, got {value!r}")
     return value
+
+
+def _optional_key(root: Path, name: str) -> str | None:
+    """A key file the operator key stands in for when `name` is empty; "" when it is absent."""
+    if not name:
+        return None
+    path = root / name
+    if not path.exists():
+        return ""
+    return _read_secret(path, name)
 
 
 def _read_secret(path: Path, what: str) -> str:

@@ -1,4 +1,4 @@
-"""Create a deployment: its config file, secret, operator key and data folders."""
+"""Create a deployment: its config file, secret, admin, operator and deleter keys, data folders."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ TEMPLATE = """\
 name = "{name}"
 data_dir = "data"
 secret_file = "secret"             # 32 random bytes, hex; every node connection proves it
-operator_key_file = "operator.key"  # the account that deploys the contract and appends events
+admin_key_file = "admin.key"        # deploys the contract, enrols and removes accounts
+operator_key_file = "operator.key"  # appends every event except deletions
+deleter_key_file = "deleter.key"    # signs deletions (by hand and by retention)
 data_key_file = "data.key"         # chunk keys derive from it: losing it loses the data
 
 [network]
@@ -32,6 +34,7 @@ rpc_url = ""
 contract_address = ""              # attach to an existing contract instead of deploying one
 genesis_timestamp = {genesis}       # fixed so every ledger replica has the same genesis block
 replicas = false                   # true: a ledger replica on every business and backup node
+funded = "{funded}"  # accounts the embedded chain's genesis gives ether
 
 [projection]
 url = ""                           # empty: SQLite in data/nodes/controller/; or postgresql+psycopg://...
@@ -67,6 +70,8 @@ class Deployment:
 
     config: Config
     operator: str
+    admin: str = ""
+    deleter: str = ""
 
 
 def init_deployment(folder: Path, name: str = "vmsnap", base_port: int = 0) -> Deployment:
@@ -81,16 +86,21 @@ def init_deployment(folder: Path, name: str = "vmsnap", base_port: int = 0) -> D
     from eth_account import Account
 
     folder.mkdir(parents=True, exist_ok=True)
-    account = Account.create()
+    admin, account, deleter = Account.create(), Account.create(), Account.create()
     _write_private(folder / "secret", secrets.token_hex(32) + "\n")
+    _write_private(folder / "admin.key", admin.key.hex() + "\n")
     _write_private(folder / "operator.key", account.key.hex() + "\n")
+    _write_private(folder / "deleter.key", deleter.key.hex() + "\n")
     _write_private(folder / "data.key", secrets.token_hex(32) + "\n")
-    text = TEMPLATE.format(name=name, base_port=base_port, genesis=int(time.time()))
+    funded = ",".join(a.address for a in (admin, account, deleter))
+    text = TEMPLATE.format(name=name, base_port=base_port, genesis=int(time.time()), funded=funded)
     config_path.write_text(text)
     config = load_config(config_path.resolve(), {})
     for path in (config.data_dir, config.run_dir, config.log_dir):
         path.mkdir(parents=True, exist_ok=True)
-    return Deployment(config=config, operator=account.address)
+    return Deployment(
+        config=config, operator=account.address, admin=admin.address, deleter=deleter.address
+    )
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eth_account import Account
 from typer.testing import CliRunner, Result
 
 from cli.main import app
@@ -34,6 +35,11 @@ class Deployment:
 
     def json(self, *args: str) -> Any:
         return json.loads(self.ok(*args, "--json").stdout)
+
+    def account(self, role: str) -> str:
+        """The address of the deployment's `role` key (admin, operator or deleter)."""
+        key = (self.root / f"{role}.key").read_text().strip()
+        return str(Account.from_key(bytes.fromhex(key)).address)
 
 
 def make_deployment(root: Path) -> Deployment:

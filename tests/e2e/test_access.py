@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.ledger.conftest import account
 from tests.cli.conftest import Deployment, running
+from tests.ledger.conftest import account
 
 pytestmark = pytest.mark.slow
 VM = "acl-01"

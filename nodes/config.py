@@ -13,6 +13,8 @@ from ledger.chain import ChainSettings
 from ledger.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
+    import ssl
+
     from ledger.service import LedgerSettings
 
 CONFIG_NAME = "vmsnap.toml"
@@ -43,6 +45,17 @@ class NetworkConfig:
     host: str = "127.0.0.1"
     base_port: int = 0
     start_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class NbdConfig:
+    """Where business nodes serve NBD, and its TLS (see nodes/nbd_tls.py)."""
+
+    host: str = "127.0.0.1"
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    allow_plaintext: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,6 +131,7 @@ class Config:
     path: Path
     deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    nbd: NbdConfig = field(default_factory=NbdConfig)
     chain: ChainConfig = field(default_factory=ChainConfig)
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     wire: WireConfig = field(default_factory=WireConfig)
@@ -149,6 +163,15 @@ class Config:
     def node_dir(self, name: str) -> Path:
         """A node's own data folder."""
         return self.data_dir / "nodes" / name
+
+    def nbd_tls(self) -> ssl.SSLContext | None:
+        """The NBD server's TLS context, or None when ``[nbd]`` names no certificate."""
+        if not self.nbd.tls_cert:
+            return None
+        from nodes.nbd_tls import server_context
+
+        ca = self.root / self.nbd.tls_ca if self.nbd.tls_ca else None
+        return server_context(self.root / self.nbd.tls_cert, self.root / self.nbd.tls_key, ca)
 
     def data_key(self) -> bytes | None:
         """The key chunk ids and encryption keys derive from; None when encryption is off."""
@@ -228,6 +251,7 @@ class Config:
 SECTIONS = {
     "deployment": DeploymentConfig,
     "network": NetworkConfig,
+    "nbd": NbdConfig,
     "chain": ChainConfig,
     "projection": ProjectionConfig,
     "wire": WireConfig,
@@ -283,6 +307,11 @@ def _check(config: Config) -> None:
         raise ConfigError("storage.compression_level", "must be 1 to 22")
     if not 1 <= config.scheduler.parallel <= 64:
         raise ConfigError("scheduler.parallel", "must be 1 to 64")
+    nbd = config.nbd
+    if bool(nbd.tls_cert) != bool(nbd.tls_key):
+        raise ConfigError("[nbd]", "tls_cert and tls_key go together")
+    if nbd.tls_ca and not nbd.tls_cert:
+        raise ConfigError("nbd.tls_ca", "requires tls_cert and tls_key")
 
 
 def _section(name: str, cls: type[Any], values: Any, env: Mapping[str, str]) -> Any:

@@ -28,6 +28,13 @@ data_key_file = "data.key"         # chunk keys derive from it: losing it loses 
 host = "127.0.0.1"
 base_port = {base_port}                      # 0: each node takes a free port, recorded in data/run/
 
+[nbd]
+host = "127.0.0.1"                 # where business nodes serve NBD; elsewhere needs TLS
+tls_cert = ""                      # server certificate (PEM); set with tls_key, TLS is required
+tls_key = ""                       # its private key (PEM)
+tls_ca = ""                        # CA (PEM) whose certificate every NBD client must show
+allow_plaintext = false            # true: plaintext NBD off loopback (a trusted network only)
+
 [chain]
 backend = "eth-tester"             # or "rpc" with rpc_url = "http://127.0.0.1:8545"
 rpc_url = ""

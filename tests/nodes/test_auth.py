@@ -73,9 +73,11 @@ def test_a_recorded_client_session_replayed_on_a_new_connection_is_refused() -> 
 
     async def scenario() -> dict[str, Any] | None:
         async with serving({"count": handler}) as port:
-            async with recording_proxy(port) as (proxied, recording):
-                async with NodeClient(HOST, proxied, SECRET) as client:
-                    assert await client.call("count", {}) == {"done": 1}
+            async with (
+                recording_proxy(port) as (proxied, recording),
+                NodeClient(HOST, proxied, SECRET) as client,
+            ):
+                assert await client.call("count", {}) == {"done": 1}
             reader, writer = await asyncio.open_connection(HOST, port)
             await read_frame(reader, HANDSHAKE_MAX_FRAME)  # a fresh hello, with a fresh nonce
             writer.write(bytes(recording.upstream))
@@ -90,10 +92,12 @@ def test_a_recorded_client_session_replayed_on_a_new_connection_is_refused() -> 
 
 def test_a_recorded_server_side_replayed_to_a_new_client_is_refused() -> None:
     async def scenario() -> None:
-        async with serving() as port:
-            async with recording_proxy(port) as (proxied, recording):
-                async with NodeClient(HOST, proxied, SECRET) as client:
-                    await client.call("echo", {})
+        async with (
+            serving() as port,
+            recording_proxy(port) as (proxied, recording),
+            NodeClient(HOST, proxied, SECRET) as client,
+        ):
+            await client.call("echo", {})
         recorded = bytes(recording.downstream)
 
         async def impostor(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

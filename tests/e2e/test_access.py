@@ -6,12 +6,11 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cli.conftest import Deployment, running
+from tests.cli.conftest import Deployment, make_deployment, running
 from tests.ledger.conftest import account
 
 pytestmark = pytest.mark.slow
@@ -161,8 +160,25 @@ def test_bad_access_input_is_one_line_and_changes_nothing(
     assert net.json("access", "list") == before
 
 
-def test_the_deployment_keys_are_distinct_private_files(net: Deployment) -> None:
-    addresses = {net.account(role) for role in ("admin", "operator", "deleter")}
-    assert len(addresses) == 3
-    for role in ("admin", "operator", "deleter"):
-        assert (Path(net.root) / f"{role}.key").stat().st_mode & 0o777 == 0o600
+def test_a_one_key_deployment_works_as_before(tmp_path: Path) -> None:
+    deployment = make_deployment(tmp_path / "one-key")
+    text = deployment.config.read_text()
+    for line in text.splitlines():
+        if line.startswith(("admin_key_file", "deleter_key_file", "funded = ")):
+            text = text.replace(line + "\n", "")
+    deployment.config.write_text(text)
+    (deployment.root / "admin.key").unlink()
+    (deployment.root / "deleter.key").unlink()
+    deployment.ok("up")
+    try:
+        deployment.ok("vm", "register", VM, "--ip", "10.0.0.62", "--disk", "system:root:4M")
+        taken = deployment.json("snapshot", "create", VM)
+        deployment.ok("snapshot", "delete", taken["id"])
+        senders = {e["sender"] for e in deployment.json("ledger", "log")}
+        rows = deployment.json("access", "list")
+    finally:
+        deployment.run("down")
+    assert senders == {deployment.account("operator")}
+    assert [(r["account"], r["roles"], r["admin"]) for r in rows] == [
+        (deployment.account("operator"), ["operator", "deleter"], True)
+    ]

@@ -54,7 +54,8 @@ def grant(
     if json:
         emit_json(row)
         return
-    out.print(f"{row['account']}: {', '.join(row['roles'])}")
+    funded = f" (sent {row['funded_wei']} wei for gas)" if row.get("funded_wei") else ""
+    out.print(f"{row['account']}: {', '.join(row['roles'])}{funded}")
 
 
 @app.command()

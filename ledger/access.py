@@ -28,6 +28,8 @@ ROLES = {"operator": ROLE_OPERATOR, "deleter": ROLE_ALL}
 OPERATOR_ROLES = ROLES["operator"]
 DELETER_ROLES = ROLES["deleter"]
 _ROLES_CHANGED = keccak(text="RolesChanged(address,uint256,address)")
+GAS_ALLOWANCE = 1_000 * 10**18
+"""What a newly granted account is topped up to, in wei, when the admin can spare it."""
 
 
 @dataclass(frozen=True)
@@ -97,3 +99,19 @@ def accounts(contract: LedgerContract, from_block: int = 0) -> list[dict[str, ob
             }
         )
     return rows
+
+
+def top_up(admin: LedgerContract, account: str) -> int:
+    """Bring `account` up to GAS_ALLOWANCE from the admin, if the admin keeps ten times that.
+
+    Appends cost gas: on the embedded chain only the accounts funded at genesis hold
+    ether, so an account granted later would otherwise be unable to sign anything.
+    """
+    chain = admin.chain
+    missing = GAS_ALLOWANCE - chain.balance(bytes.fromhex(account[2:]))
+    if missing <= 0:
+        return 0
+    if chain.balance(bytes.fromhex(admin.account.address[2:])) < 10 * GAS_ALLOWANCE:
+        return 0
+    admin.send_ether(account, missing)
+    return missing

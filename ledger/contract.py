@@ -168,6 +168,13 @@ class LedgerContract:
         """Revoke every role of `account` (admin only)."""
         return self._checked("remove", [to_checksum_address(account)], 120_000)
 
+    def send_ether(self, account: str, wei: int) -> Receipt:
+        """Send `wei` from this contract client's account to `account` (gas for its appends)."""
+        receipt = self._transact(bytes.fromhex(account[2:]), b"", 21_000, wei)
+        if receipt.status != 1:
+            raise ChainError(f"sending ether to {account} failed")
+        return receipt
+
     # -- views ----------------------------------------------------------------
 
     def head(self) -> bytes:
@@ -247,7 +254,7 @@ class LedgerContract:
             self._diagnose(data, ())
         return receipt
 
-    def _transact(self, to: bytes | None, data: bytes, gas: int) -> Receipt:
+    def _transact(self, to: bytes | None, data: bytes, gas: int, value: int = 0) -> Receipt:
         if self._nonce is None:
             self._nonce = self.chain.nonce(self._sender)
         max_fee, tip = self.chain.fee_caps()
@@ -258,7 +265,7 @@ class LedgerContract:
             "gas": gas,
             "maxFeePerGas": max_fee,
             "maxPriorityFeePerGas": tip,
-            "value": 0,
+            "value": value,
             "data": data,
         }
         if to is not None:

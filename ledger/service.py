@@ -169,9 +169,12 @@ class Ledger:
         rows = access.accounts(self.contract, self.deploy_block)
         return [{**row, "signs_here_as": here.get(str(row["account"]), "")} for row in rows]
 
-    def grant(self, admin_key: str | None, account: str, roles: int) -> None:
-        """Give `account` exactly `roles`, signed by the admin."""
-        self._admin(admin_key).enrol(access.checked_address(account), roles)
+    def grant(self, admin_key: str | None, account: str, roles: int) -> int:
+        """Give `account` exactly `roles`, signed by the admin; return the wei sent it for gas."""
+        admin = self._admin(admin_key)
+        address = access.checked_address(account)
+        admin.enrol(address, roles)
+        return access.top_up(admin, address)
 
     def revoke(self, admin_key: str | None, account: str) -> None:
         """Take every role from `account`, signed by the admin."""

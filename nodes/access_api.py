@@ -43,8 +43,8 @@ class AccessApi:
         """Give an account exactly the roles of `role` (``operator`` or ``deleter``)."""
         account = access.checked_address(text(args, "account"))
         roles = access.role_mask(text(args, "role"))
-        await self._run(self.ledger.grant, self.config.admin_key(), account, roles)
-        return await self._row(account)
+        funded = await self._run(self.ledger.grant, self.config.admin_key(), account, roles)
+        return {**await self._row(account), "funded_wei": funded}
 
     async def revoke(self, args: dict[str, Any]) -> dict[str, Any]:
         """Take every role from an account."""

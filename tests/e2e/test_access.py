@@ -111,6 +111,7 @@ def test_the_admin_grants_and_revokes_roles(net: Deployment) -> None:
 
     granted = net.json("access", "grant", newcomer, "--role", "deleter")
     assert granted["roles"] == ["operator", "deleter"]
+    assert granted["funded_wei"] == 1_000 * 10**18
     rows = {r["account"]: r for r in net.json("access", "list")}
     assert rows[newcomer]["changed_by"] == net.account("admin")
 

@@ -13,7 +13,7 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from eth_utils.crypto import keccak
 
-from ledger import events, vm
+from ledger import access, events, vm
 from ledger.chain import ChainSettings
 from ledger.contract import (
     ROLE_ALL,
@@ -55,6 +55,7 @@ def chain_settings(
         )
     url: str = request.getfixturevalue("anvil")
     fund(url, *everyone)
+    fund(url, admin.address, wei=10**24)  # as rich as the embedded genesis makes it, nearly
     return ChainSettings(backend="rpc", rpc_url=url)
 
 
@@ -274,17 +275,26 @@ def test_a_removed_account_can_no_longer_append(
     assert ledger.contract.count() == count
 
 
-def test_the_admin_grants_a_new_operator_who_can_then_append(
-    ledger: Ledger, admin: LocalAccount, outsider: LocalAccount
+def test_the_admin_grants_a_new_unfunded_operator_gas_and_it_can_then_append(
+    ledger: Ledger, admin: LocalAccount
 ) -> None:
-    ledger.grant(admin.key.hex(), outsider.address, ROLE_OPERATOR)
-    newcomer: LedgerContract = ledger.contract.signed_by(outsider)
-    event = vm.registration("db", "kvm", "10.0.0.2", [ROOT], at_ms=ledger.now_ms())
+    fresh = account(f"newcomer/{ledger.chain.backend}/{ledger.contract.address_hex}")
+    assert ledger.chain.balance(bytes.fromhex(fresh.address[2:])) == 0
 
+    funded = ledger.grant(admin.key.hex(), fresh.address, ROLE_OPERATOR)
+    newcomer: LedgerContract = ledger.contract.signed_by(fresh)
+    event = vm.registration("db", "kvm", "10.0.0.2", [ROOT], at_ms=ledger.now_ms())
     (record,) = newcomer.append([Entry(event, 0)])
 
-    assert record.sender == outsider.address
-    assert ledger.contract.roles(outsider.address) == ROLE_OPERATOR
+    assert funded == access.GAS_ALLOWANCE
+    assert record.sender == fresh.address
+    assert ledger.contract.roles(fresh.address) == ROLE_OPERATOR
+
+
+def test_a_grant_sends_no_ether_to_an_account_that_has_its_allowance(
+    ledger: Ledger, admin: LocalAccount, outsider: LocalAccount
+) -> None:
+    assert ledger.grant(admin.key.hex(), outsider.address, ROLE_OPERATOR) == 0
 
 
 def test_granting_without_the_admin_key_is_refused(

@@ -54,7 +54,8 @@ def grant(
     if json:
         emit_json(row)
         return
-    funded = f" (sent {row['funded_wei']} wei for gas)" if row.get("funded_wei") else ""
+    sent = int(row.get("funded_wei") or 0)
+    funded = f" (sent {sent / 10**18:g} ether for gas)" if sent else ""
     out.print(f"{row['account']}: {', '.join(row['roles'])}{funded}")
 
 

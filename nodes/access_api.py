@@ -44,7 +44,8 @@ class AccessApi:
         account = access.checked_address(text(args, "account"))
         roles = access.role_mask(text(args, "role"))
         funded = await self._run(self.ledger.grant, self.config.admin_key(), account, roles)
-        return {**await self._row(account), "funded_wei": funded}
+        # Wei amounts outgrow the wire's 64-bit integers: they travel as decimal text.
+        return {**await self._row(account), "funded_wei": str(funded)}
 
     async def revoke(self, args: dict[str, Any]) -> dict[str, Any]:
         """Take every role from an account."""

@@ -111,10 +111,12 @@ def test_the_admin_grants_and_revokes_roles(net: Deployment) -> None:
 
     granted = net.json("access", "grant", newcomer, "--role", "deleter")
     assert granted["roles"] == ["operator", "deleter"]
-    assert granted["funded_wei"] == 1_000 * 10**18
+    assert granted["funded_wei"] == str(1_000 * 10**18)
     rows = {r["account"]: r for r in net.json("access", "list")}
     assert rows[newcomer]["changed_by"] == net.account("admin")
 
+    again = net.ok("access", "grant", newcomer, "--role", "operator").stdout
+    assert again.strip() == f"{newcomer}: operator"
     revoked = net.json("access", "revoke", newcomer)
     assert revoked["roles"] == []
     assert {r["account"]: r["roles"] for r in net.json("access", "list")}[newcomer] == []

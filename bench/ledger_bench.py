@@ -32,6 +32,7 @@ from ledger import events
 from ledger.chain import ChainSettings
 from ledger.contract import MAX_BATCH, Entry
 from ledger.service import Ledger, LedgerSettings
+from nodes.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,23 +123,9 @@ def restart_times(events_on_ledger: int, rounds: int, cache: Path) -> dict[str, 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "deployment"
         vmsnap_cli(Path(tmp), "init", "--dir", str(folder))
-        config = folder / "vmsnap.toml"
-        key = (folder / "operator.key").read_text().strip()
-        node = folder / "data" / "nodes" / "controller"
-        ledger = Ledger.open(
-            LedgerSettings(
-                deployment="bench",
-                chain=ChainSettings(
-                    data_dir=node / "chain",
-                    funded=(Account.from_key(key).address,),
-                    genesis_timestamp=_genesis(config),
-                ),
-                projection_url=f"sqlite:///{node / 'projection.sqlite'}",
-                state_file=node / "ledger.json",
-                operator_key=key,
-                contract_cache=folder / "data" / "cache",
-            )
-        )
+        config = load_config(folder / "vmsnap.toml", {})
+        node = config.node_dir("controller")
+        ledger = Ledger.open(config.ledger_settings())
         try:
             for i in range(events_on_ledger - 1):
                 ledger.append([Entry(vm_event(i), 0)])
@@ -168,12 +155,6 @@ def _timed_up(folder: Path) -> float:
     head = json.loads(vmsnap_cli(folder, "ledger", "head", "--json").stdout)
     assert head["count"] >= 1
     return time.perf_counter() - started
-
-
-def _genesis(config: Path) -> int:
-    import tomllib
-
-    return int(tomllib.loads(config.read_text())["chain"]["genesis_timestamp"])
 
 
 def main() -> None:

@@ -30,12 +30,14 @@ def init(
         ),
     ] = True,
 ) -> None:
-    """Create a deployment: vmsnap.toml, the secret, an operator key, a data key and folders."""
+    """Create a deployment: vmsnap.toml, the secret, the ledger keys, a data key and folders."""
     created = init_deployment(
         folder.resolve(), name=name, base_port=base_port, encryption=encryption
     )
     out.print(f"initialised deployment {name!r} in {created.config.root}")
+    out.print(f"admin account {created.admin} (admin.key: keep it offline once the network is up)")
     out.print(f"operator account {created.operator}")
+    out.print(f"deleter account {created.deleter}")
     if encryption:
         out.print(
             f"data at rest is encrypted with data.key (fingerprint {created.data_key_fingerprint})"

@@ -12,6 +12,7 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
 from cli import (
+    access,
     audit,
     backup,
     deployment,
@@ -100,6 +101,7 @@ app.add_typer(backup.app, name="backup")
 app.add_typer(key.app, name="key")
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(audit.app, name="audit")
+app.add_typer(access.app, name="access")
 app.add_typer(node.app, name="node")
 
 

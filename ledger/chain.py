@@ -87,6 +87,10 @@ class Chain(ABC):
         """Return the next nonce of `account`."""
 
     @abstractmethod
+    def balance(self, account: bytes) -> int:
+        """Return the balance of `account` in wei at the head."""
+
+    @abstractmethod
     def fee_caps(self) -> tuple[int, int]:
         """Return (max fee per gas, max priority fee per gas) for a new transaction."""
 

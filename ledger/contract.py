@@ -111,6 +111,7 @@ class LedgerContract:
         self, chain: Chain, compiled: CompiledContract, address: bytes, account: LocalAccount
     ) -> None:
         self.chain = chain
+        self.compiled = compiled
         self.address = address
         self.account = account
         self._abi = Web3().eth.contract(abi=compiled.abi)
@@ -133,6 +134,10 @@ class LedgerContract:
             raise ChainError("deploying the ledger contract failed")
         client.address = receipt.contract_address
         return client, receipt
+
+    def signed_by(self, account: LocalAccount) -> LedgerContract:
+        """The same contract, driven by another account (with its own nonce)."""
+        return LedgerContract(self.chain, self.compiled, self.address, account)
 
     @property
     def address_hex(self) -> str:
@@ -162,6 +167,13 @@ class LedgerContract:
     def remove(self, account: str) -> Receipt:
         """Revoke every role of `account` (admin only)."""
         return self._checked("remove", [to_checksum_address(account)], 120_000)
+
+    def send_ether(self, account: str, wei: int) -> Receipt:
+        """Send `wei` from this contract client's account to `account` (gas for its appends)."""
+        receipt = self._transact(bytes.fromhex(account[2:]), b"", 21_000, wei)
+        if receipt.status != 1:
+            raise ChainError(f"sending ether to {account} failed")
+        return receipt
 
     # -- views ----------------------------------------------------------------
 
@@ -242,7 +254,7 @@ class LedgerContract:
             self._diagnose(data, ())
         return receipt
 
-    def _transact(self, to: bytes | None, data: bytes, gas: int) -> Receipt:
+    def _transact(self, to: bytes | None, data: bytes, gas: int, value: int = 0) -> Receipt:
         if self._nonce is None:
             self._nonce = self.chain.nonce(self._sender)
         max_fee, tip = self.chain.fee_caps()
@@ -253,7 +265,7 @@ class LedgerContract:
             "gas": gas,
             "maxFeePerGas": max_fee,
             "maxPriorityFeePerGas": tip,
-            "value": 0,
+            "value": value,
             "data": data,
         }
         if to is not None:
@@ -310,14 +322,14 @@ class LedgerContract:
         )
 
 
-def operator_account(private_key_hex: str) -> LocalAccount:
-    """Return the signing account for a hex private key."""
+def operator_account(private_key_hex: str, what: str = "operator key") -> LocalAccount:
+    """Return the signing account for a hex private key (`what` names it in errors)."""
     try:
         account: LocalAccount = Account.from_key(
             bytes.fromhex(private_key_hex.strip().removeprefix("0x"))
         )
     except ValueError as err:
-        raise InputError("the operator key is not a valid private key") from err
+        raise InputError(f"the {what} is not a valid private key") from err
     return account
 
 

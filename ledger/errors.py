@@ -17,6 +17,7 @@ exceptions are translated once, at the adapter that meets them::
         ├── ChainError             the chain refused or could not be reached
         │   ├── TransactionReverted
         │   └── Unauthorised
+        ├── KeyNotHeld             the account an action must sign with is not held here
         ├── LedgerCorrupted        stored history disagrees with itself
         └── ContractError          the contract source failed to compile
 
@@ -117,6 +118,17 @@ class Unauthorised(ChainError):
     def __init__(self, account: str, reason: str) -> None:
         super().__init__(f"account {account} is not allowed: {reason}")
         self.account = account
+
+
+class KeyNotHeld(LedgerError):
+    """The key an action must be signed with is not held by this process; nothing was done."""
+
+    def __init__(self, role: str, setting: str, action: str) -> None:
+        super().__init__(
+            f"{action} needs the {role} key ({setting}), which this controller does not hold;"
+            " nothing was changed"
+        )
+        self.role = role
 
 
 class LedgerCorrupted(LedgerError):

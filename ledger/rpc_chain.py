@@ -59,6 +59,13 @@ class RpcChain(Chain):
         """Return the pending nonce of `account`."""
         return int(self._w3.eth.get_transaction_count(Web3.to_checksum_address(account), "pending"))
 
+    def balance(self, account: bytes) -> int:
+        """Return the account's balance at the latest block."""
+        try:
+            return int(self._w3.eth.get_balance(Web3.to_checksum_address(account), "latest"))
+        except (OSError, Web3Exception) as err:
+            raise ChainError(f"the chain at {self.url} did not answer: {err}") from err
+
     def fee_caps(self) -> tuple[int, int]:
         """Twice the latest base fee plus the node's suggested tip."""
         block = self._w3.eth.get_block("latest")

@@ -17,21 +17,41 @@ from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
 import contracts
-from ledger import events
+from ledger import access, events
 from ledger.audit import AuditReport, audit_records
 from ledger.chain import Chain, ChainSettings, open_chain
-from ledger.contract import Entry, LedgerContract, LedgerRecord, operator_account
-from ledger.errors import ChainError, ContractError, LedgerCorrupted
+from ledger.contract import (
+    Entry,
+    LedgerContract,
+    LedgerRecord,
+    SnapshotStatus,
+    operator_account,
+)
+from ledger.errors import (
+    ChainError,
+    ContractError,
+    KeyNotHeld,
+    LedgerCorrupted,
+    Unauthorised,
+)
 from ledger.projection import Projection
 
 log = logging.getLogger("vmsnap.ledger")
+DELETING = (SnapshotStatus.DELETED, SnapshotStatus.RETIRED)
+ADMIN_SETTING = "deployment.admin_key_file"
+DELETER_SETTING = "deployment.deleter_key_file"
 
 
 @dataclass(frozen=True)
 class LedgerSettings:
     """Everything the ledger needs, passed down from the configuration.
 
-    The key and the database URL (which may carry a password) stay out of its repr.
+    The keys are hex private keys (see ``ledger.access``). `admin_key` and
+    `deleter_key` are None when the operator key plays that part too (a one-key
+    deployment), and "" when the deployment has such a key but this process
+    does not hold it.
+
+    The keys and the database URL (which may carry a password) stay out of its repr.
     """
 
     deployment: str
@@ -41,13 +61,17 @@ class LedgerSettings:
     operator_key: str = field(repr=False)
     contract_address: str = ""
     contract_cache: Path | None = None
+    admin_key: str | None = field(default=None, repr=False)
+    deleter_key: str | None = field(default=None, repr=False)
 
 
 class Ledger:
     """A deployment's ledger: appends go to the contract, then into the projection.
 
-    ``state_file`` (JSON) remembers the contract address and the block it was
-    deployed in, so a restart attaches instead of deploying again.
+    ``state_file`` (JSON) remembers the contract address, the block it was
+    deployed in and whether the operator and deleter were enrolled, so a
+    restart attaches instead of deploying again. `contract` signs as the
+    operator; `deleter` signs deletions (None when this process lacks the key).
     """
 
     def __init__(
@@ -57,11 +81,13 @@ class Ledger:
         projection: Projection,
         deploy_block: int,
         clock: Callable[[], float],
+        deleter: LedgerContract | None = None,
     ) -> None:
         self.chain = chain
         self.contract = contract
         self.projection = projection
         self.deploy_block = deploy_block
+        self.deleter = deleter
         self._clock = clock
 
     @classmethod
@@ -80,11 +106,12 @@ class Ledger:
             chain = wrap(chain)
         try:
             contract, deploy_block = _attach_or_deploy(chain, settings)
+            deleter = _signer(contract, settings.deleter_key, "deleter key")
             projection = Projection(settings.projection_url)
         except BaseException:
             chain.close()
             raise
-        ledger = cls(chain, contract, projection, deploy_block, clock)
+        ledger = cls(chain, contract, projection, deploy_block, clock, deleter)
         try:
             if contract.count() == 0:
                 ledger.append([Entry(ledger.opened_event(settings.deployment), 0)])
@@ -107,13 +134,61 @@ class Ledger:
             chain_id=self.chain.chain_id,
         )
 
-    def append(self, entries: Sequence[Entry]) -> list[LedgerRecord]:
-        """Append `entries` in one transaction and fold them into the projection."""
+    def append(self, entries: Sequence[Entry], deleting: bool = False) -> list[LedgerRecord]:
+        """Append `entries` in one transaction and fold them into the projection.
+
+        The deleter signs when `deleting` or when an entry marks a snapshot
+        deleted or retired; the operator signs everything else.
+        """
+        deletes = any(e.fact is not None and e.fact.status in DELETING for e in entries)
+        signer = self.deleter_contract() if deleting or deletes else self.contract
         if self.chain.settle():
             self.catch_up()
-        records = self.contract.append(entries)
+        records = signer.append(entries)
         self.projection.apply(records)
         return records
+
+    def deleter_contract(self) -> LedgerContract:
+        """The contract as the deleter drives it; KeyNotHeld when this process lacks the key."""
+        if self.deleter is None:
+            raise KeyNotHeld("deleter", DELETER_SETTING, "deleting snapshots")
+        return self.deleter
+
+    def check_deleter(self) -> None:
+        """Refuse, before anything is touched, a deletion this ledger could not record."""
+        signer = self.deleter_contract()
+        address = signer.account.address
+        if signer.roles(address) & access.DELETER_ROLES != access.DELETER_ROLES:
+            raise Unauthorised(address, "not enrolled as deleter; nothing was changed")
+
+    def access(self) -> list[dict[str, Any]]:
+        """Every account ever given roles, with its roles now and who signs as it here."""
+        here: dict[str, str] = {str(self.contract.account.address): "operator"}
+        if self.deleter is not None:
+            here[str(self.deleter.account.address)] = (
+                "operator, deleter" if self.deleter is self.contract else "deleter"
+            )
+        rows = access.accounts(self.contract, self.deploy_block)
+        return [{**row, "signs_here_as": here.get(str(row["account"]), "")} for row in rows]
+
+    def grant(self, admin_key: str | None, account: str, roles: int) -> int:
+        """Give `account` exactly `roles`, signed by the admin; return the wei sent it for gas."""
+        admin = self._admin(admin_key)
+        address = access.checked_address(account)
+        admin.enrol(address, roles)
+        return access.top_up(admin, address)
+
+    def revoke(self, admin_key: str | None, account: str) -> None:
+        """Take every role from `account`, signed by the admin."""
+        self._admin(admin_key).remove(access.checked_address(account))
+
+    def _admin(self, admin_key: str | None) -> LedgerContract:
+        signer = _signer(self.contract, admin_key, "admin key")
+        if signer is None:
+            raise KeyNotHeld("admin", ADMIN_SETTING, "changing who may write to the ledger")
+        if self.deleter is not None and signer.account.address == self.deleter.account.address:
+            return self.deleter
+        return signer
 
     def catch_up(self) -> int:
         """Fold every event the projection has not seen yet; return how many."""
@@ -170,6 +245,18 @@ class Ledger:
         self.chain.close()
 
 
+def _signer(contract: LedgerContract, key: str | None, what: str) -> LedgerContract | None:
+    """The contract driven by `key`: the operator's own when None, None when not held."""
+    if key is None:
+        return contract
+    if not key:
+        return None
+    account = operator_account(key, what)
+    if account.address == contract.account.address:
+        return contract
+    return contract.signed_by(account)
+
+
 def _attach_or_deploy(chain: Chain, settings: LedgerSettings) -> tuple[LedgerContract, int]:
     account = operator_account(settings.operator_key)
     try:
@@ -182,22 +269,57 @@ def _attach_or_deploy(chain: Chain, settings: LedgerSettings) -> tuple[LedgerCon
         contract = LedgerContract(chain, compiled, _addr(address), account)
         if state.get("deployed") or settings.contract_address or _has_code(contract):
             if not state.get("deployed"):
-                _write_state(settings.state_file, {**state, "contract": address, "deployed": True})
+                state = {**state, "contract": address, "deployed": True}
+                _write_state(settings.state_file, state)
+            if state.get("enrolled") is False:
+                _enrol(contract, settings, state)
             return contract, int(state.get("block", 0))
-    nonce = chain.nonce(bytes.fromhex(account.address[2:]))
-    predicted = _contract_address(account.address, nonce)
+    return _deploy(chain, LedgerContract(chain, compiled, b"", account), settings)
+
+
+def _deploy(
+    chain: Chain, operator: LedgerContract, settings: LedgerSettings
+) -> tuple[LedgerContract, int]:
+    """Deploy with the admin key, then enrol the operator and the deleter."""
+    admin = _signer(operator, settings.admin_key, "admin key")
+    if admin is None:
+        raise KeyNotHeld("admin", ADMIN_SETTING, "deploying the ledger contract")
+    nonce = chain.nonce(bytes.fromhex(admin.account.address[2:]))
+    predicted = _contract_address(admin.account.address, nonce)
     _write_state(
         settings.state_file,
         {"contract": predicted, "block": chain.head().number, "deployed": False},
     )
-    contract, receipt = LedgerContract.deploy(chain, compiled, account)
-    if contract.address_hex != predicted:
-        raise LedgerCorrupted(f"deployed at {contract.address_hex}, expected {predicted}")
-    _write_state(
-        settings.state_file,
-        {"contract": predicted, "block": receipt.block_number, "deployed": True},
-    )
-    return contract, receipt.block_number
+    deployed, receipt = LedgerContract.deploy(chain, admin.compiled, admin.account)
+    if deployed.address_hex != predicted:
+        raise LedgerCorrupted(f"deployed at {deployed.address_hex}, expected {predicted}")
+    state = {"contract": predicted, "block": receipt.block_number, "deployed": True}
+    if admin is operator:
+        _write_state(settings.state_file, state)
+        return deployed, receipt.block_number
+    state["enrolled"] = False
+    _write_state(settings.state_file, state)
+    operator.address = deployed.address
+    _enrol(operator, settings, state, deployed)
+    return operator, receipt.block_number
+
+
+def _enrol(
+    contract: LedgerContract,
+    settings: LedgerSettings,
+    state: dict[str, Any],
+    admin: LedgerContract | None = None,
+) -> None:
+    """Give the operator and (when held here) the deleter their roles; record that it is done."""
+    if admin is None:
+        admin = _signer(contract, settings.admin_key, "admin key")
+        if admin is None:
+            raise KeyNotHeld("admin", ADMIN_SETTING, "enrolling the operator and deleter")
+    admin.enrol(contract.account.address, access.OPERATOR_ROLES)
+    deleter = _signer(contract, settings.deleter_key, "deleter key")
+    if deleter is not None and deleter is not contract:
+        admin.enrol(deleter.account.address, access.DELETER_ROLES)
+    _write_state(settings.state_file, {**state, "enrolled": True})
 
 
 def _has_code(contract: LedgerContract) -> bool:

@@ -150,6 +150,10 @@ class EmbeddedChain(Chain):
         """Return the account's nonce at the head."""
         return int(self._tester.get_nonce(account, "latest"))
 
+    def balance(self, account: bytes) -> int:
+        """Return the account's balance at the head."""
+        return int(self._tester.get_balance(account, "latest"))
+
     def fee_caps(self) -> tuple[int, int]:
         """Twice the pending base fee plus the tip, so a fee rise cannot strand a transaction."""
         base = int(self._evm.header.base_fee_per_gas)

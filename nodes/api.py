@@ -234,3 +234,15 @@ class ControllerApi:
     def replay(self) -> dict[str, Any]:
         """Rebuild the projection."""
         return self._call("ledger.replay")
+
+    def access(self) -> list[dict[str, Any]]:
+        """Every account ever given roles on the ledger contract, with its roles now."""
+        return list(self._call("access.list")["accounts"])
+
+    def grant(self, account: str, role: str) -> dict[str, Any]:
+        """Give `account` the roles of `role` (signed by the admin key)."""
+        return self._call("access.grant", {"account": account, "role": role})
+
+    def revoke(self, account: str) -> dict[str, Any]:
+        """Take every role from `account` (signed by the admin key)."""
+        return self._call("access.revoke", {"account": account})

@@ -16,6 +16,7 @@ from nodes.chunks import ChunkCodec, is_zero
 from nodes.config import Config
 from nodes.ledger_replica import LedgerReplica
 from nodes.nbd import NbdServer
+from nodes.nbd_tls import check_exposure
 from nodes.peers import Peers
 from nodes.request_args import integer, text
 from nodes.switch import RemoteMirror, Switch
@@ -62,10 +63,13 @@ class Business:
             self.volumes[export] = Volume.open(folder)
             self.switches[export] = Switch(self._served(self.volumes[export]))
         port = config.network.base_port + 100 + int(name.rsplit("-", 1)[1])
+        tls = config.nbd_tls()
+        check_exposure(config.nbd.host, tls is not None, config.nbd.allow_plaintext)
         self.nbd = NbdServer(
             dict(self.switches),
-            host=config.network.host,
+            host=config.nbd.host,
             port=port if config.network.base_port else 0,
+            tls=tls,
         )
         self.nbd_port = 0
 
@@ -180,7 +184,8 @@ class Business:
             "size": volume.size,
             "chunk_size": volume.chunk_size,
             "node": self.name,
-            "url": f"nbd://{self.config.network.host}:{self.nbd_port}/{name}",
+            "url": f"nbd://{self.config.nbd.host}:{self.nbd_port}/{name}",
+            "tls": self.nbd.tls is not None,
             "views": [v.name for v in volume.views()],
             "dirty_chunks": len(volume.dirty_chunks()),
             "bytes_allocated": _allocated(volume.folder),

@@ -14,6 +14,8 @@ from ledger.errors import ConfigError, InputError
 from nodes.data_key import parse_key
 
 if TYPE_CHECKING:
+    import ssl
+
     from ledger.service import LedgerSettings
 
 CONFIG_NAME = "vmsnap.toml"
@@ -22,12 +24,18 @@ MAX_FRAME = 16 * 1024 * 1024
 
 @dataclass(frozen=True)
 class DeploymentConfig:
-    """Where the deployment keeps its files (paths relative to the config file)."""
+    """Where the deployment keeps its files (paths relative to the config file).
+
+    An empty `admin_key_file` or `deleter_key_file` means the operator key plays
+    that part too (deployments made with one key for every role).
+    """
 
     name: str = "vmsnap"
     data_dir: str = "data"
     secret_file: str = "secret"
     operator_key_file: str = "operator.key"
+    admin_key_file: str = ""
+    deleter_key_file: str = ""
     data_key_file: str = "data.key"
 
 
@@ -41,6 +49,17 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class NbdConfig:
+    """Where business nodes serve NBD, and its TLS (see nodes/nbd_tls.py)."""
+
+    host: str = "127.0.0.1"
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    allow_plaintext: bool = False
+
+
+@dataclass(frozen=True)
 class ChainConfig:
     """The chain backend: embedded eth-tester, or a JSON-RPC node by URL."""
 
@@ -49,6 +68,7 @@ class ChainConfig:
     contract_address: str = ""
     genesis_timestamp: int = 1_767_225_600
     replicas: bool = False
+    funded: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,6 +136,7 @@ class Config:
     path: Path
     deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    nbd: NbdConfig = field(default_factory=NbdConfig)
     chain: ChainConfig = field(default_factory=ChainConfig)
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     wire: WireConfig = field(default_factory=WireConfig)
@@ -158,8 +179,17 @@ class Config:
         return [
             self.root / getattr(self.deployment, f.name)
             for f in dataclasses.fields(self.deployment)
-            if f.name.endswith("_file")
+            if f.name.endswith("_file") and getattr(self.deployment, f.name)
         ]
+
+    def nbd_tls(self) -> ssl.SSLContext | None:
+        """The NBD server's TLS context, or None when ``[nbd]`` names no certificate."""
+        if not self.nbd.tls_cert:
+            return None
+        from nodes.nbd_tls import server_context
+
+        ca = self.root / self.nbd.tls_ca if self.nbd.tls_ca else None
+        return server_context(self.root / self.nbd.tls_cert, self.root / self.nbd.tls_key, ca)
 
     def data_key(self) -> bytes | None:
         """The key chunk ids and encryption keys derive from; None when encryption is off."""
@@ -178,6 +208,24 @@ class Config:
     def operator_key(self) -> str:
         """The operator's private key (hex)."""
         return _read_secret(self.root / self.deployment.operator_key_file, "operator key")
+
+    def admin_key(self) -> str | None:
+        """The admin's private key: None if the operator is the admin, "" if not held here."""
+        return _optional_key(self.root, self.deployment.admin_key_file)
+
+    def deleter_key(self) -> str | None:
+        """The deleter's private key: None if the operator deletes, "" if not held here."""
+        return _optional_key(self.root, self.deployment.deleter_key_file)
+
+    def funded(self, operator: str) -> tuple[str, ...]:
+        """The accounts the embedded chain's genesis funds (``chain.funded``, or the operator)."""
+        from eth_utils.address import is_hex_address
+
+        listed = tuple(a.strip() for a in self.chain.funded.split(",") if a.strip())
+        for address in listed:
+            if not is_hex_address(address):
+                raise ConfigError("chain.funded", f"{address!r} is not an account address")
+        return listed or (operator,)
 
     def ledger_settings(self, node: str = "controller") -> LedgerSettings:
         """The ledger settings of the node that hosts the ledger."""
@@ -198,7 +246,7 @@ class Config:
                 rpc_url=self.chain.rpc_url,
                 data_dir=folder / "chain",
                 genesis_timestamp=self.chain.genesis_timestamp,
-                funded=(operator,),
+                funded=self.funded(operator),
                 timeout=self.wire.timeout,
             ),
             projection_url=self.projection.url or f"sqlite:///{folder / 'projection.sqlite'}",
@@ -206,12 +254,15 @@ class Config:
             operator_key=key,
             contract_address=self.chain.contract_address,
             contract_cache=self.data_dir / "cache",
+            admin_key=self.admin_key(),
+            deleter_key=self.deleter_key(),
         )
 
 
 SECTIONS = {
     "deployment": DeploymentConfig,
     "network": NetworkConfig,
+    "nbd": NbdConfig,
     "chain": ChainConfig,
     "projection": ProjectionConfig,
     "wire": WireConfig,
@@ -267,6 +318,11 @@ def _check(config: Config) -> None:
         raise ConfigError("storage.compression_level", "must be 1 to 22")
     if not 1 <= config.scheduler.parallel <= 64:
         raise ConfigError("scheduler.parallel", "must be 1 to 64")
+    nbd = config.nbd
+    if bool(nbd.tls_cert) != bool(nbd.tls_key):
+        raise ConfigError("[nbd]", "tls_cert and tls_key go together")
+    if nbd.tls_ca and not nbd.tls_cert:
+        raise ConfigError("nbd.tls_ca", "requires tls_cert and tls_key")
 
 
 def _section(name: str, cls: type[Any], values: Any, env: Mapping[str, str]) -> Any:
@@ -304,6 +360,16 @@ def _typed(where: str, hint: Any, value: Any) -> Any:
     if not isinstance(value, hint) or isinstance(value, bool) != (hint is bool):
         raise ConfigError(where, f"expected {hint.__name__}, got {value!r}")
     return value
+
+
+def _optional_key(root: Path, name: str) -> str | None:
+    """A key file the operator key stands in for when `name` is empty; "" when it is absent."""
+    if not name:
+        return None
+    path = root / name
+    if not path.exists():
+        return ""
+    return _read_secret(path, name)
 
 
 def _read_secret(path: Path, what: str) -> str:

@@ -19,6 +19,7 @@ from ledger.errors import InputError, UnknownVm, VersionConflict, VmExists, Vmsn
 from ledger.service import Ledger
 from ledger.tester_chain import EmbeddedChain
 from ledger.vm import disk, registration
+from nodes.access_api import AccessApi
 from nodes.chunks import ChunkCodec
 from nodes.clock import Clock, SystemClock, local_zone_name
 from nodes.config import Config
@@ -163,6 +164,7 @@ class Controller:
             "rollback.diff": self.rollback_diff,
             **self.schedule_api.handlers(),
             **LedgerApi(self.ledger, self.peers, self._run, self.name).handlers(),
+            **AccessApi(self.config, self.ledger, self._run).handlers(),
         }
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:

@@ -43,7 +43,8 @@ class Deletion:
     The three places are cleared first and then recorded, one event each, in
     one transaction; the last marks the snapshot deleted in the contract (which
     keeps its record forever). Garbage collection then removes every chunk no
-    live manifest references, never while a snapshot is writing.
+    live manifest references, never while a snapshot is writing. The deleter
+    account signs it all; without it nothing is touched.
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class Deletion:
         self, ref: str, reason: str = "operator", gc: bool = True, retired: bool = False
     ) -> dict[str, Any]:
         """Delete one committed snapshot (`retired`: by a retention rule); then collect garbage."""
+        await self._on_ledger(self.ledger.check_deleter)
         snap = await self.snapshots.resolve(ref)
         if snap["status"] != "committed":
             raise NotDeletable(snap["id"], snap["status"])
@@ -93,16 +95,17 @@ class Deletion:
                 Entry(events.TargetStagingDeleted(now, snapshot, vm, node), version + 1),
                 Entry(events.TargetSnapshotDeleted(now, snapshot, vm, reason), version + 2, fact),
             ],
+            True,
         )
         result: dict[str, Any] = {"snapshot": snapshot, "vm": vm, "views_released": released}
         if gc:
-            result.update(await self.collect_reporting())
+            result.update(await self.collect_reporting(deleting=True))
         return result
 
-    async def collect_reporting(self) -> dict[str, Any]:
+    async def collect_reporting(self, deleting: bool = False) -> dict[str, Any]:
         """Collect garbage; a failed collection is reported, not raised (the deletion stands)."""
         try:
-            return {"gc": await self.collect()}
+            return {"gc": await self.collect(deleting)}
         except VmsnapError as err:
             return {"gc": None, "gc_error": f"garbage collection skipped: {err}"}
 
@@ -114,8 +117,8 @@ class Deletion:
             ids.update(reply["ids"])
         return ids
 
-    async def collect(self) -> dict[str, Any]:
-        """Remove unreferenced chunks from the backup cluster and record it."""
+    async def collect(self, deleting: bool = False) -> dict[str, Any]:
+        """Remove unreferenced chunks and record it (signed by the deleter when `deleting`)."""
         async with self.gate.collection():
             live = await self._on_ledger(self.ledger.projection.snapshots, None, "committed")
             report = await collect(self.cluster, self.codec, live, await self._mirrored())
@@ -125,5 +128,5 @@ class Deletion:
         version = await self._on_ledger(
             self.ledger.projection.stream_version, events.DEPLOYMENT_STREAM
         )
-        await self._on_ledger(self.ledger.append, [Entry(done, version)])
+        await self._on_ledger(self.ledger.append, [Entry(done, version)], deleting)
         return asdict(report)

@@ -1,4 +1,4 @@
-"""Create a deployment: its config file, secret, operator key, data key and data folders."""
+"""Create a deployment: its config, secret, admin, operator, deleter and data keys, folders."""
 
 from __future__ import annotations
 
@@ -20,12 +20,21 @@ TEMPLATE = """\
 name = "{name}"
 data_dir = "data"
 secret_file = "secret"             # 32 random bytes, hex; every node connection proves it
-operator_key_file = "operator.key"  # the account that deploys the contract and appends events
+admin_key_file = "admin.key"        # deploys the contract, enrols and removes accounts
+operator_key_file = "operator.key"  # appends every event except deletions
+deleter_key_file = "deleter.key"    # signs deletions (by hand and by retention)
 data_key_file = "data.key"         # chunk keys derive from it: losing it loses the data
 
 [network]
 host = "127.0.0.1"
 base_port = {base_port}                      # 0: each node takes a free port, recorded in data/run/
+
+[nbd]
+host = "127.0.0.1"                 # where business nodes serve NBD; elsewhere needs TLS
+tls_cert = ""                      # server certificate (PEM); set with tls_key, TLS is required
+tls_key = ""                       # its private key (PEM)
+tls_ca = ""                        # CA (PEM) whose certificate every NBD client must show
+allow_plaintext = false            # true: plaintext NBD off loopback (a trusted network only)
 
 [chain]
 backend = "eth-tester"             # or "rpc" with rpc_url = "http://127.0.0.1:8545"
@@ -33,6 +42,7 @@ rpc_url = ""
 contract_address = ""              # attach to an existing contract instead of deploying one
 genesis_timestamp = {genesis}       # fixed so every ledger replica has the same genesis block
 replicas = false                   # true: a ledger replica on every business and backup node
+funded = "{funded}"  # accounts the embedded chain's genesis gives ether
 
 [projection]
 url = ""                           # empty: SQLite in data/nodes/controller/; or postgresql+psycopg://...
@@ -69,6 +79,8 @@ class Deployment:
     config: Config
     operator: str
     data_key_fingerprint: str
+    admin: str = ""
+    deleter: str = ""
 
 
 def init_deployment(
@@ -85,23 +97,31 @@ def init_deployment(
     from eth_account import Account
 
     folder.mkdir(parents=True, exist_ok=True)
-    account = Account.create()
+    admin, account, deleter = Account.create(), Account.create(), Account.create()
     _write_private(folder / "secret", secrets.token_hex(32) + "\n")
+    _write_private(folder / "admin.key", admin.key.hex() + "\n")
     _write_private(folder / "operator.key", account.key.hex() + "\n")
+    _write_private(folder / "deleter.key", deleter.key.hex() + "\n")
     key = data_key.generate()
     data_key.write_key(folder / "data.key", key)
+    funded = ",".join(a.address for a in (admin, account, deleter))
     text = TEMPLATE.format(
         name=name,
         base_port=base_port,
         genesis=int(time.time()),
         encryption=f"{str(encryption).lower():22}",
+        funded=funded,
     )
     config_path.write_text(text)
     config = load_config(config_path.resolve(), {})
     for path in (config.data_dir, config.run_dir, config.log_dir):
         path.mkdir(parents=True, exist_ok=True)
     return Deployment(
-        config=config, operator=account.address, data_key_fingerprint=data_key.fingerprint(key)
+        config=config,
+        operator=account.address,
+        data_key_fingerprint=data_key.fingerprint(key),
+        admin=admin.address,
+        deleter=deleter.address,
     )
 
 

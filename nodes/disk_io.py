@@ -101,6 +101,11 @@ def import_with_qemu(disk: dict[str, Any], path: Path, fmt: str) -> None:
         raise InputError(
             f"{path} is {fmt}: importing it needs qemu-img (Debian package qemu-utils)"
         )
+    if disk.get("tls"):
+        raise InputError(
+            f"{path} is {fmt}: its import goes through NBD, which requires TLS here;"
+            " convert it to raw first (qemu-img convert -O raw) and import that"
+        )
     done = subprocess.run(
         [tool, "convert", "-n", "-f", fmt, "-O", "raw", str(path), disk["url"]],
         capture_output=True,

@@ -3,6 +3,11 @@
 Every connection is a task owned by the server: the fixed newstyle handshake (option
 haggling) here, then the transmission phase in ``nodes.nbd_transmission``. The wire
 format is in ``nodes.nbd_protocol``.
+
+Given a TLS context the server requires TLS: the client must send NBD_OPT_STARTTLS
+first; any other option but NBD_OPT_ABORT earns NBD_REP_ERR_TLS_REQD (and
+NBD_OPT_EXPORT_NAME, which has no error reply, ends the session). After the ACK the
+connection is upgraded in place and haggling goes on inside TLS.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import quote
 
@@ -53,6 +59,7 @@ class NbdServer:
         port: int = 0,
         max_request: int = 32 * 1024 * 1024,
         timeout: float = 30.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if not wire.PREFERRED_BLOCK <= max_request <= 1 << 31:
             raise ValueError(f"max_request {max_request} is not within 4096..2**31")
@@ -67,6 +74,7 @@ class NbdServer:
         self._port = port
         self._max_request = max_request
         self._timeout = timeout
+        self.tls = tls
         self._server: asyncio.Server | None = None
         self._address: tuple[str, int] | None = None
         self._links: dict[asyncio.Task[None], _Link] = {}
@@ -192,7 +200,9 @@ class _Negotiation:
         self._meta_export: str | None = None
         self._no_zeroes = False
         self._ended = False
+        self._tls_pending = server.tls is not None
         self._handlers: dict[int, Handler] = {
+            wire.OPT_STARTTLS: self._starttls,
             wire.OPT_EXPORT_NAME: self._export_name,
             wire.OPT_ABORT: self._abort,
             wire.OPT_LIST: self._list,
@@ -223,6 +233,11 @@ class _Negotiation:
 
     async def _option(self, option: int, data: bytes) -> Choice | None:
         """Answer one option; malformed data earns NBD_REP_ERR_INVALID."""
+        if self._tls_pending and option not in (wire.OPT_STARTTLS, wire.OPT_ABORT):
+            if option == wire.OPT_EXPORT_NAME:
+                raise NbdProtocolError("NBD_OPT_EXPORT_NAME before TLS was negotiated")
+            await self._reply(option, wire.REP_ERR_TLS_REQD, "TLS is required: use STARTTLS")
+            return None
         handler = self._handlers.get(option)
         if handler is None:
             await self._reply(option, wire.REP_ERR_UNSUP, f"option {option} is not supported")
@@ -230,8 +245,8 @@ class _Negotiation:
         try:
             return await handler(option, data)
         except NbdProtocolError as err:
-            if option == wire.OPT_EXPORT_NAME:
-                raise  # that option has no error reply
+            if option in (wire.OPT_EXPORT_NAME, wire.OPT_STARTTLS):
+                raise  # no error reply: the first has none, the second failed after its ACK
             await self._reply(option, wire.REP_ERR_INVALID, err.problem)
             return None
 
@@ -252,6 +267,26 @@ class _Negotiation:
         self._ended = True
         with contextlib.suppress(OSError):
             await self._reply(option, wire.REP_ACK)
+        return None
+
+    async def _starttls(self, option: int, data: bytes) -> Choice | None:
+        """Acknowledge, then upgrade the connection to TLS in place."""
+        context = self._server.tls
+        if context is None:
+            await self._reply(option, wire.REP_ERR_UNSUP, "TLS is not configured on this server")
+            return None
+        if data or not self._tls_pending:
+            problem = "TLS is already negotiated" if data == b"" else "STARTTLS takes no data"
+            await self._reply(option, wire.REP_ERR_INVALID, problem)
+            return None
+        await self._reply(option, wire.REP_ACK)
+        # Bytes sent before the client could see the ACK would pass as if they came
+        # through TLS (plaintext injection): a client that sent any is cut off.
+        if getattr(self._reader, "_buffer", b""):
+            raise NbdProtocolError("data sent between NBD_OPT_STARTTLS and the TLS handshake")
+        await self._link.writer.start_tls(context, ssl_handshake_timeout=self._timeout)
+        self._tls_pending = False
+        log.debug("NBD client %s switched to TLS", self._link.peer)
         return None
 
     async def _list(self, option: int, data: bytes) -> Choice | None:

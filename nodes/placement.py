@@ -92,6 +92,7 @@ class Placement:
                     "chunk_size": d["chunk_size"],
                     "host": run.host,
                     "port": run.port,
-                    "url": f"nbd://{run.host}:{run.nbd_port}/{vm}/{resource_id}",
+                    "url": f"nbd://{self.config.nbd.host}:{run.nbd_port}/{vm}/{resource_id}",
+                    "tls": bool(self.config.nbd.tls_cert),
                 }
         raise UnknownDisk(vm, resource_id)

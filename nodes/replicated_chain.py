@@ -206,6 +206,10 @@ class ReplicatedChain(Chain):
         """The account's nonce at the sequencer's head."""
         return self.local.nonce(account)
 
+    def balance(self, account: bytes) -> int:
+        """The account's balance at the sequencer's head."""
+        return self.local.balance(account)
+
     def fee_caps(self) -> tuple[int, int]:
         """Fee caps of the sequencer's pending block."""
         return self.local.fee_caps()

@@ -8,6 +8,8 @@ given on the command line instead govern all of the VM's snapshots as one group.
 Each group's decisions are recorded (``RetentionApplied``) before anything goes;
 each snapshot no rule keeps then goes through the full delete workflow, marked
 on chain as deleted by retention, and garbage is collected once at the end.
+The deleter account signs every event of a run; without it a run is refused
+before anything is recorded or deleted (a dry run needs no key).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class Retention:
         self, vm: str, dry_run: bool, rules: events.RetentionRules | None = None
     ) -> dict[str, Any]:
         """Apply `rules` to all of `vm`'s snapshots, or without rules the rules stored for it."""
+        if not dry_run:
+            await self._on_ledger(self.ledger.check_deleter)
         committed = await self._on_ledger(self.ledger.projection.snapshots, vm, "committed")
         groups = [(ALL, rules, committed)] if rules else await self._stored_groups(vm, committed)
         decided: list[dict[str, Any]] = []
@@ -61,7 +65,9 @@ class Retention:
             for snapshot, reason in doomed:
                 await self.deletion.delete(snapshot, reason=reason, gc=False, retired=True)
                 deleted.append(snapshot)
-        collected = await self.deletion.collect_reporting() if deleted else {"gc": None}
+        collected = (
+            await self.deletion.collect_reporting(deleting=True) if deleted else {"gc": None}
+        )
         return {
             "vm": vm,
             "dry_run": dry_run,
@@ -108,7 +114,7 @@ class Retention:
             )
             batch = applied[start : start + MAX_BATCH]
             entries = [Entry(e, version + i) for i, e in enumerate(batch)]
-            await self._on_ledger(self.ledger.append, entries)
+            await self._on_ledger(self.ledger.append, entries, True)
 
 
 def _candidate(snap: dict[str, Any]) -> Candidate:

@@ -56,8 +56,8 @@ def running_anvil() -> Iterator[str]:
         process.wait(timeout=10)
 
 
-def fund(url: str, *addresses: str) -> None:
-    """Give each address 1,000 ether on the anvil node at `url`."""
+def fund(url: str, *addresses: str, wei: int = 10**21) -> None:
+    """Give each address `wei` (1,000 ether unless told) on the anvil node at `url`."""
     node = Web3(HTTPProvider(url)).provider
     for address in addresses:
-        node.make_request(RPCEndpoint("anvil_setBalance"), [address, hex(10**21)])
+        node.make_request(RPCEndpoint("anvil_setBalance"), [address, hex(wei)])

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eth_account import Account
 from typer.testing import CliRunner, Result
 
 from cli.main import app
@@ -41,6 +42,11 @@ class Deployment:
         """The deployment's chunk codec: keyed and encrypting when its config says so."""
         config = load_config(self.config, {})
         return ChunkCodec(config.data_key(), config.storage.compression_level)
+
+    def account(self, role: str) -> str:
+        """The address of the deployment's `role` key (admin, operator or deleter)."""
+        key = (self.root / f"{role}.key").read_text().strip()
+        return str(Account.from_key(bytes.fromhex(key)).address)
 
 
 def make_deployment(root: Path, *init_args: str) -> Deployment:

@@ -11,11 +11,17 @@ from nodes.config import load_config
 from tests.cli.conftest import Deployment
 
 
-def test_init_writes_config_secret_and_private_operator_key(deployment: Deployment) -> None:
+def test_init_writes_config_secret_and_three_distinct_private_keys(
+    deployment: Deployment,
+) -> None:
     assert deployment.config.is_file()
-    for name in ("secret", "operator.key"):
+    for name in ("secret", "admin.key", "operator.key", "deleter.key"):
         mode = stat.S_IMODE((deployment.root / name).stat().st_mode)
         assert mode == 0o600, f"{name} is {oct(mode)}"
+    accounts = [deployment.account(role) for role in ("admin", "operator", "deleter")]
+    assert len(set(accounts)) == 3
+    init_output = deployment.runner.invoke(app, ["init", "--dir", str(deployment.root / "other")])
+    assert "deleter account 0x" in init_output.output
     assert len(bytes.fromhex((deployment.root / "secret").read_text().strip())) == 32
     assert (deployment.root / "data" / "run").is_dir()
 

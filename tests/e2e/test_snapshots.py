@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.anvil import ANVIL_KEY, running_anvil
+from tests.anvil import fund, running_anvil
 from tests.cli.conftest import Deployment, make_deployment
 from tests.e2e.processes import kill_node, runfile
 from tests.e2e.qemu import qemu_img, qemu_io, tool
@@ -40,7 +40,7 @@ def net(
             config = deployment.config.read_text()
             config = config.replace('backend = "eth-tester"', 'backend = "rpc"', 1)
             deployment.config.write_text(config.replace('rpc_url = ""', f'rpc_url = "{rpc}"', 1))
-            (deployment.root / "operator.key").write_text(ANVIL_KEY + "\n")
+            fund(rpc, *(deployment.account(r) for r in ("admin", "operator", "deleter")))
         if request.param == "replicas":
             config = deployment.config.read_text()
             deployment.config.write_text(config.replace("replicas = false", "replicas = true", 1))
@@ -297,8 +297,13 @@ def test_delete_keeps_children_whole_and_gc_leaves_no_orphan(
     assert net.json("snapshot", "verify", second["id"])["ok"] is True
     listed = {s["id"]: s["status"] for s in net.json("snapshot", "list", "del-01")}
     assert listed[first["id"]] == "deleted"
-    types = [e["type"] for e in net.json("ledger", "log", "--vm", "del-01")]
+    history = net.json("ledger", "log", "--vm", "del-01")
+    types = [e["type"] for e in history]
     assert types[-3:] == ["InitialSnapshotDeleted", "TargetStagingDeleted", "TargetSnapshotDeleted"]
+    assert {e["sender"] for e in history[-3:]} == {net.account("deleter")}
+    assert {e["sender"] for e in history[:-3]} == {net.account("operator")}
+    collected = [e for e in net.json("ledger", "log") if e["type"] == "GarbageCollected"]
+    assert collected[-1]["sender"] == net.account("deleter")
     again = net.run("snapshot", "delete", first["id"])
     assert again.exit_code == 5
     assert "only committed snapshots" in again.output

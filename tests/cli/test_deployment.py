@@ -90,7 +90,13 @@ def test_init_writes_every_secret_file_0600_whatever_the_umask(tmp_path: Path) -
         os.umask(previous)
     assert result.exit_code == 0, result.output
     config = load_config(tmp_path / "d" / "vmsnap.toml", {})
-    assert [p.name for p in config.private_files()] == ["secret", "operator.key", "data.key"]
+    assert sorted(p.name for p in config.private_files()) == [
+        "admin.key",
+        "data.key",
+        "deleter.key",
+        "operator.key",
+        "secret",
+    ]
     for path in config.private_files():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
 

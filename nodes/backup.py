@@ -14,7 +14,7 @@ from ledger.errors import InputError
 from nodes.chunk_store import ChunkStore
 from nodes.chunks import ChunkCodec
 from nodes.config import Config
-from nodes.errors import ChunkCorrupted, ChunkMissing
+from nodes.errors import ChunkCorrupted, ChunkMissing, StorageFull
 from nodes.ledger_replica import LedgerReplica
 from nodes.mirror_service import MirrorService
 from nodes.peers import Peers, node_names
@@ -117,8 +117,19 @@ class Backup:
             if len(item[0]) != ID_SIZE:
                 raise InputError("a chunk id is 32 bytes")
             pairs.append((item[0], item[1]))
-        stored = await self._run(self.store.put_many, pairs)
+        stored = await self._run(self._put_within_quota, pairs)
         return {"stored": sum(1 for new in stored if new)}
+
+    def _put_within_quota(self, pairs: list[tuple[bytes, bytes]]) -> list[bool]:
+        """Store the pairs, refusing all of them if the new ones would pass the quota."""
+        quota = self.config.storage.quota_bytes
+        if quota:
+            present = self.store.has_many(chunk_id for chunk_id, _blob in pairs)
+            incoming = sum(len(b) for (_c, b), held in zip(pairs, present, strict=True) if not held)
+            used = self.store.stats().pack_bytes
+            if incoming and used + incoming > quota:
+                raise StorageFull(self.name, used, incoming, quota)
+        return self.store.put_many(pairs)
 
     async def get_many(self, args: dict[str, Any]) -> dict[str, Any]:
         """Blobs by id; None for a missing or damaged copy (a damaged one is quarantined)."""

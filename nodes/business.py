@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from ledger.errors import InputError, NotFound
+from ledger.errors import InputError, NotFound, VmsnapError
 from nodes.blockdev import STATE_HOLE
 from nodes.chunks import ChunkCodec, is_zero
 from nodes.config import Config
@@ -18,6 +19,7 @@ from nodes.ledger_replica import LedgerReplica
 from nodes.nbd import NbdServer
 from nodes.peers import Peers
 from nodes.request_args import integer, text
+from nodes.stale_views import release_stale_views
 from nodes.switch import RemoteMirror, Switch
 from nodes.volume import Volume
 
@@ -68,6 +70,7 @@ class Business:
             port=port if config.network.base_port else 0,
         )
         self.nbd_port = 0
+        self._cleanup: asyncio.Task[int] | None = None
 
     @classmethod
     async def open(cls, config: Config, name: str) -> Business:
@@ -84,8 +87,16 @@ class Business:
         target = json.loads(redirect.read_text())
         return RemoteMirror(self.peers, target["node"], target["mirror"], volume.size)
 
+    def start_recovery(self) -> None:
+        """Release, in the background, the views of snapshots finished while this node was down."""
+        self._cleanup = asyncio.create_task(release_stale_views(self.volumes, self.peers))
+
     async def close(self) -> None:
         """Stop serving, make writes durable and close the volumes."""
+        if self._cleanup is not None:
+            self._cleanup.cancel()
+            with contextlib.suppress(asyncio.CancelledError, VmsnapError):
+                await self._cleanup
         await self.nbd.close()
         await self.peers.close()
         if self.replica is not None:

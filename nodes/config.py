@@ -77,12 +77,13 @@ class TopologyConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    """Data-plane settings: the chunk size of new volumes and compression."""
+    """Data-plane settings: chunk size of new volumes, compression, a backup node's quota."""
 
     chunk_size: int = 64 * 1024
     compression_level: int = 3
     encryption: bool = False
     background_nice: int = 10
+    quota_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -252,6 +253,8 @@ def _check(config: Config) -> None:
         raise ConfigError("storage.chunk_size", "must be a power of two from 4096 to 65536")
     if not 0 <= storage.background_nice <= 19:
         raise ConfigError("storage.background_nice", "must be 0 to 19")
+    if storage.quota_bytes < 0:
+        raise ConfigError("storage.quota_bytes", "must be 0 (no limit) or more")
     if not 1 <= storage.compression_level <= 22:
         raise ConfigError("storage.compression_level", "must be 1 to 22")
     if not 1 <= config.scheduler.parallel <= 64:

@@ -32,6 +32,7 @@ from ledger.contract import Entry
 from ledger.errors import Conflict, InputError, NotFound, VmsnapError
 from ledger.service import Ledger
 from nodes.chunks import ChunkCodec
+from nodes.crashpoints import crash_point
 from nodes.journal import difference_root
 from nodes.manifest import snapshot_root
 from nodes.mirror_service import mirror_nodes
@@ -107,6 +108,7 @@ class FastRollbacks:
         rollback = blake3.blake3(f"{vm}\0{snap['id']}\0{time.time_ns()}".encode()).hexdigest()
         now = self.ledger.now_ms()
         await self._append(events.RollbackStarted(now, rollback, vm, snap["id"], "fast"))
+        crash_point("fast.started", vm)
         with self.snapshots.activity.claim(vm, "rollback", rollback):
             try:
                 tags = await self._mirror(rollback, vm, snap)
@@ -116,7 +118,9 @@ class FastRollbacks:
             await self._append(
                 events.RollbackStartTagged(self.ledger.now_ms(), rollback, vm, tags, auto)
             )
+            crash_point("fast.tagged", vm)
             await self._switch_to_mirrors(vm, snap, tags)
+            crash_point("fast.mirrored", vm)
         seconds = time.monotonic() - started
         self._background(rollback, vm, snap, auto)
         return {
@@ -273,6 +277,7 @@ class FastRollbacks:
                     self.ledger.now_ms(), rollback, vm, ends, snapshot_root(roots).hex(), total
                 )
             )
+            crash_point("fast.end_tagged", vm)
         else:
             ends = tuple(events.MirrorTag(**t) for t in row["end_tags"])
             changes = {
@@ -282,6 +287,7 @@ class FastRollbacks:
         applied = 0
         for tag in ends:
             applied += await self._apply(vm, disks[tag.resource_id], changes[tag.resource_id])
+        crash_point("fast.applied", vm)
         await self.driver.stop(vm)
         for tag in ends:
             await self.peers.call(

@@ -8,18 +8,20 @@ import itertools
 import os
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ledger.errors import InputError
 from nodes.chunk_store import ChunkStore
 from nodes.chunks import ChunkCodec
 from nodes.config import Config
 from nodes.errors import ChunkCorrupted, ChunkMissing, StorageFull
-from nodes.ledger_replica import LedgerReplica
 from nodes.mirror_service import MirrorService
 from nodes.peers import Peers, node_names
 from nodes.replication import BackupCluster
 from nodes.request_args import blobs, integer
+
+if TYPE_CHECKING:
+    from nodes.ledger_replica import LedgerReplica
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 T = TypeVar("T")
@@ -37,11 +39,12 @@ class Backup:
         self.store = ChunkStore(config.node_dir(name) / "chunks")
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self.peers = Peers(config, name)
-        self.replica = (
-            LedgerReplica(config, name)
-            if config.chain.replicas and config.chain.backend == "eth-tester"
-            else None
-        )
+        self.replica: LedgerReplica | None = None
+        if config.chain.replicas and config.chain.backend == "eth-tester":
+            # The EVM and eth-account load only where a replica runs: node start-up stays quick.
+            from nodes.ledger_replica import LedgerReplica
+
+            self.replica = LedgerReplica(config, name)
         cluster = BackupCluster(self.peers, node_names(config, "backup"), config.topology.replicas)
         codec = ChunkCodec(config.data_key(), config.storage.compression_level)
         self.mirrors = MirrorService(

@@ -9,19 +9,21 @@ import os
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ledger.errors import InputError, NotFound, VmsnapError
 from nodes.blockdev import STATE_HOLE
 from nodes.chunks import ChunkCodec, is_zero
 from nodes.config import Config
-from nodes.ledger_replica import LedgerReplica
 from nodes.nbd import NbdServer
 from nodes.peers import Peers
 from nodes.request_args import integer, text
 from nodes.stale_views import release_stale_views
 from nodes.switch import RemoteMirror, Switch
 from nodes.volume import Volume
+
+if TYPE_CHECKING:
+    from nodes.ledger_replica import LedgerReplica
 
 REDIRECT = "redirect.json"
 
@@ -52,11 +54,12 @@ class Business:
         self.root.mkdir(parents=True, exist_ok=True)
         self.codec = ChunkCodec(config.data_key(), config.storage.compression_level)
         self.peers = Peers(config, name)
-        self.replica = (
-            LedgerReplica(config, name)
-            if config.chain.replicas and config.chain.backend == "eth-tester"
-            else None
-        )
+        self.replica: LedgerReplica | None = None
+        if config.chain.replicas and config.chain.backend == "eth-tester":
+            # The EVM and eth-account load only where a replica runs: node start-up stays quick.
+            from nodes.ledger_replica import LedgerReplica
+
+            self.replica = LedgerReplica(config, name)
         self.volumes: dict[str, Volume] = {}
         self.switches: dict[str, Switch] = {}
         for folder in sorted(p.parent for p in self.root.glob("*/*/meta.sqlite")):
@@ -191,6 +194,7 @@ class Business:
             "node": self.name,
             "url": f"nbd://{self.config.network.host}:{self.nbd_port}/{name}",
             "views": [v.name for v in volume.views()],
+            "mirror": _redirect(volume).get("mirror"),
             "dirty_chunks": len(volume.dirty_chunks()),
             "bytes_allocated": _allocated(volume.folder),
         }
@@ -377,3 +381,9 @@ def _write_json(path: Path, body: dict[str, Any]) -> None:
         out.flush()
         os.fsync(out.fileno())
     tmp.replace(path)
+
+
+def _redirect(volume: Volume) -> dict[str, Any]:
+    """Where a fast rollback redirects the volume's export ({} when it serves the volume)."""
+    path = volume.folder / REDIRECT
+    return dict(json.loads(path.read_text())) if path.exists() else {}

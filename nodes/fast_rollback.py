@@ -37,7 +37,7 @@ from nodes.journal import difference_root
 from nodes.manifest import snapshot_root
 from nodes.mirror_service import mirror_nodes
 from nodes.replication import BackupCluster
-from nodes.rollback import restore_disks
+from nodes.rollback import RollbackInterrupted, restore_disks
 from nodes.rollback_audit import Journals
 from nodes.snapshots import Snapshots
 from nodes.vm_driver import VmDriver
@@ -45,6 +45,8 @@ from nodes.vm_driver import VmDriver
 Runner = Callable[..., Awaitable[Any]]
 log = logging.getLogger("vmsnap.fast_rollback")
 APPLY_BATCH = 64
+SWITCH_ATTEMPTS = 600
+SWITCH_RETRY = 1.0
 
 
 class NoFastRollback(NotFound):
@@ -119,7 +121,11 @@ class FastRollbacks:
                 events.RollbackStartTagged(self.ledger.now_ms(), rollback, vm, tags, auto)
             )
             crash_point("fast.tagged", vm)
-            await self._switch_to_mirrors(vm, snap, tags)
+            try:
+                await self._switch_to_mirrors(vm, snap, tags)
+            except VmsnapError as err:
+                self._background(rollback, vm, snap, auto, switch=True)
+                raise RollbackInterrupted(rollback, str(err)) from err
             crash_point("fast.mirrored", vm)
         seconds = time.monotonic() - started
         self._background(rollback, vm, snap, auto)
@@ -181,18 +187,58 @@ class FastRollbacks:
                 log.info("abandoned mirror %s: %s", mirror[:12], err)
         await self._append(events.RollbackAbandoned(self.ledger.now_ms(), rollback, vm, reason))
 
-    def _background(self, rollback: str, vm: str, snap: dict[str, Any], auto: bool) -> None:
-        task = asyncio.create_task(self._restore_then(rollback, vm, snap, auto))
+    def _background(
+        self, rollback: str, vm: str, snap: dict[str, Any], auto: bool, switch: bool = False
+    ) -> None:
+        task = asyncio.create_task(self._restore_then(rollback, vm, snap, auto, switch))
         self._restores[rollback] = task
         task.add_done_callback(lambda _t: self._restores.pop(rollback, None))
 
-    async def _restore_then(self, rollback: str, vm: str, snap: dict[str, Any], auto: bool) -> None:
+    async def _restore_then(
+        self, rollback: str, vm: str, snap: dict[str, Any], auto: bool, switch: bool
+    ) -> None:
         try:
+            if switch:
+                await self._ensure_switched(rollback, vm, snap)
             await self._restore(rollback, vm, snap)
             if auto:
                 await self.finish(vm)
         except VmsnapError as err:
             log.warning("fast rollback %s of %s paused: %s", rollback[:12], vm, err)
+
+    async def _ensure_switched(self, rollback: str, vm: str, snap: dict[str, Any]) -> None:
+        """Switch the VM to its mirrors unless already done; wait for a business node that is down.
+
+        The start tag is on chain, so the rollback has begun: the restore must not start
+        while the VM still writes to the volume it would overwrite.
+        """
+        row = await self._running(vm)
+        if row is None or row["id"] != rollback:
+            return
+        tags = tuple(events.MirrorTag(**t) for t in row["start_tags"])
+        for _attempt in range(SWITCH_ATTEMPTS):
+            try:
+                if not await self._switched(vm, snap, tags):
+                    await self._switch_to_mirrors(vm, snap, tags)
+            except VmsnapError as err:
+                log.info("fast rollback %s waits to switch %s: %s", rollback[:12], vm, err)
+                await asyncio.sleep(SWITCH_RETRY)
+            else:
+                return
+        raise RollbackInterrupted(rollback, "the VM could not be switched to its mirrors")
+
+    async def _switched(
+        self, vm: str, snap: dict[str, Any], tags: tuple[events.MirrorTag, ...]
+    ) -> bool:
+        """True when every disk's export already serves its mirror."""
+        disks = {d["resource_id"]: d for d in await self.snapshots.disks_of(snap)}
+        for tag in tags:
+            node = disks[tag.resource_id]["node"]
+            listed = await self.peers.call(node, "volume.list", {})
+            served = {(v["vm"], v["resource_id"]): v.get("mirror") for v in listed["volumes"]}
+            if served.get((vm, tag.resource_id)) != tag.mirror:
+                return False
+        return True
 
     async def _restore(self, rollback: str, vm: str, snap: dict[str, Any]) -> None:
         totals = await restore_disks(self.snapshots, vm, snap)
@@ -375,7 +421,7 @@ class FastRollbacks:
                 await self._abandon(row["id"], row["vm"], snap, reason)
                 continue
             if row["phase"] == "mirrored":
-                self._background(row["id"], row["vm"], snap, bool(row["auto"]))
+                self._background(row["id"], row["vm"], snap, bool(row["auto"]), switch=True)
             elif row["phase"] == "ending" or (row["phase"] == "restored" and row["auto"]):
                 await self.finish(row["vm"])
 

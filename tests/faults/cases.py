@@ -66,6 +66,13 @@ class CrashPlan:
         up(net, {CRASH_ENV: self.spec()})
 
 
+def take(net: Deployment, model: DiskModel) -> str:
+    """A committed snapshot of the VM as it is now; its id."""
+    snap = net.json("snapshot", "create", model.vm)
+    model.snapshot_taken(snap["id"])
+    return str(snap["id"])
+
+
 def snapshots(net: Deployment, vm: str) -> list[dict[str, Any]]:
     """The VM's snapshots, oldest first."""
     return list(net.json("snapshot", "list", vm))

@@ -14,7 +14,9 @@ written into the volumes; each export serves its volume again (held requests go 
 so nothing is lost), the VM is restarted and the mirrors closed: ``RollbackFinished``.
 
 Every step is idempotent and its record is on the ledger, so ``recover`` finishes (or,
-before the start tag, abandons) a fast rollback after a controller restart.
+before the start tag, abandons) a fast rollback after a controller restart; a switch to the
+mirrors that did not happen after the start tag is made before the restore
+(``nodes/mirror_switch.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from nodes.crashpoints import crash_point
 from nodes.journal import difference_root
 from nodes.manifest import snapshot_root
 from nodes.mirror_service import mirror_nodes
+from nodes.mirror_switch import ensure_switched, switch_to_mirrors
 from nodes.replication import BackupCluster
 from nodes.rollback import RollbackInterrupted, restore_disks
 from nodes.rollback_audit import Journals
@@ -45,8 +48,6 @@ from nodes.vm_driver import VmDriver
 Runner = Callable[..., Awaitable[Any]]
 log = logging.getLogger("vmsnap.fast_rollback")
 APPLY_BATCH = 64
-SWITCH_ATTEMPTS = 600
-SWITCH_RETRY = 1.0
 
 
 class NoFastRollback(NotFound):
@@ -166,15 +167,9 @@ class FastRollbacks:
     async def _switch_to_mirrors(
         self, vm: str, snap: dict[str, Any], tags: tuple[events.MirrorTag, ...]
     ) -> None:
-        await self.driver.stop(vm)
-        disks = {d["resource_id"]: d for d in await self.snapshots.disks_of(snap)}
-        for tag in tags:
-            await self.peers.call(
-                disks[tag.resource_id]["node"],
-                "volume.redirect",
-                {"vm": vm, "resource_id": tag.resource_id, "node": tag.node, "mirror": tag.mirror},
-            )
-        await self.driver.start(vm)
+        await switch_to_mirrors(
+            self.peers, self.driver, vm, await self.snapshots.disks_of(snap), tags
+        )
 
     async def _abandon(self, rollback: str, vm: str, snap: dict[str, Any], reason: str) -> None:
         """Close whatever mirrors were made (none served the VM yet) and record why."""
@@ -207,38 +202,14 @@ class FastRollbacks:
             log.warning("fast rollback %s of %s paused: %s", rollback[:12], vm, err)
 
     async def _ensure_switched(self, rollback: str, vm: str, snap: dict[str, Any]) -> None:
-        """Switch the VM to its mirrors unless already done; wait for a business node that is down.
-
-        The start tag is on chain, so the rollback has begun: the restore must not start
-        while the VM still writes to the volume it would overwrite.
-        """
+        """Switch the VM to its mirrors unless already done (the start tag is on chain)."""
         row = await self._running(vm)
         if row is None or row["id"] != rollback:
             return
         tags = tuple(events.MirrorTag(**t) for t in row["start_tags"])
-        for _attempt in range(SWITCH_ATTEMPTS):
-            try:
-                if not await self._switched(vm, snap, tags):
-                    await self._switch_to_mirrors(vm, snap, tags)
-            except VmsnapError as err:
-                log.info("fast rollback %s waits to switch %s: %s", rollback[:12], vm, err)
-                await asyncio.sleep(SWITCH_RETRY)
-            else:
-                return
-        raise RollbackInterrupted(rollback, "the VM could not be switched to its mirrors")
-
-    async def _switched(
-        self, vm: str, snap: dict[str, Any], tags: tuple[events.MirrorTag, ...]
-    ) -> bool:
-        """True when every disk's export already serves its mirror."""
-        disks = {d["resource_id"]: d for d in await self.snapshots.disks_of(snap)}
-        for tag in tags:
-            node = disks[tag.resource_id]["node"]
-            listed = await self.peers.call(node, "volume.list", {})
-            served = {(v["vm"], v["resource_id"]): v.get("mirror") for v in listed["volumes"]}
-            if served.get((vm, tag.resource_id)) != tag.mirror:
-                return False
-        return True
+        disks = await self.snapshots.disks_of(snap)
+        if not await ensure_switched(self.peers, self.driver, vm, disks, tags):
+            raise RollbackInterrupted(rollback, "the VM could not be switched to its mirrors")
 
     async def _restore(self, rollback: str, vm: str, snap: dict[str, Any]) -> None:
         totals = await restore_disks(self.snapshots, vm, snap)

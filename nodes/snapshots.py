@@ -62,7 +62,8 @@ class Snapshots:
     ``InitialSnapshotReleased``. A failure before the commit releases the
     frozen views and records ``SnapshotFailed``; after a crash, ``recover``
     does the same for every snapshot left pending, and finishes the release
-    of committed ones.
+    of committed ones. A release that fails because the business node is down
+    is retried in the background; the VM takes no new snapshot until it is done.
     """
 
     def __init__(

@@ -7,7 +7,7 @@ from typing import Any
 from nodes.crashpoints import CRASH_ENV
 from tests.cli.conftest import Deployment
 from tests.faults.invariants import DiskModel
-from tests.faults.network import arm_controller, pid_of, reap_killed, up, wait_for
+from tests.faults.network import arm_controller, reap_killed, up, wait_for
 from tests.faults.tally import TALLY
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -95,10 +95,3 @@ def running_rollback(net: Deployment, vm: str) -> dict[str, Any] | None:
     """The VM's rollback in progress, if any."""
     rows = [r for r in net.json("rollback", "list", vm) if r["status"] == "running"]
     return rows[-1] if rows else None
-
-
-def controller_pid(net: Deployment) -> int:
-    """The running controller's pid."""
-    pid = pid_of(net, "controller")
-    assert pid is not None
-    return pid

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from typer.testing import Result
@@ -18,7 +17,6 @@ from cli.main import app
 from nodes.crashpoints import CRASH_ENV
 from nodes.runfile import RunFile, process_alive
 from tests.cli.conftest import Deployment
-from tests.e2e.processes import kill_node
 
 NODES = ("controller", "business-1", "transfer-1", "backup-1", "backup-2", "backup-3")
 SETTLE_TIMEOUT = 60.0
@@ -84,11 +82,6 @@ def arm_controller(net: Deployment, spec: str) -> int:
     return pid
 
 
-def kill(net: Deployment, node: str) -> None:
-    """kill -9 `node` now (a crash not tied to a crash point)."""
-    kill_node(net.root, node)
-
-
 def cli_process(net: Deployment, *args: str, env: dict[str, str] | None = None) -> Any:
     """Run vmsnap in its own process (a crash point may kill it); the finished process."""
     return subprocess.run(
@@ -109,11 +102,3 @@ def wait_for(what: str, ready: Callable[[], bool], timeout: float = SETTLE_TIMEO
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-@dataclass
-class Outcome:
-    """How one injected fault ended: the workflow finished, or was undone."""
-
-    workflow: str
-    finished: bool

@@ -68,6 +68,8 @@ def test_a_snapshot_onto_a_full_backup_node_fails_cleanly_and_succeeds_once_spac
     assert "is full" in failed.output
     (row,) = snapshots(net, small.vm)
     assert row["status"] == "failed" and not row["disk_details"], "no partial manifest"
+    audit = net.run("audit", "snapshot", row["id"], "--json")
+    assert '"status": "failed"' in audit.stdout, "the contract records the snapshot failed"
     TALLY.ended(False)
     invariants.check(MODELS.values())
     net.ok("snapshot", "delete", doomed)

@@ -61,7 +61,8 @@ class CrashPlan:
         """After a case's workflow: check its crash point killed only its victim, restart it."""
         self.pending.discard((point, role))
         victim = VICTIMS[role]
-        assert reap_killed(net) == [victim], f"expected only {victim} killed"
+        killed = reap_killed(net)
+        assert killed == [victim], f"expected only {victim} killed, found {killed} down"
         TALLY.fault(f"kill -9 {role} at a crash point")
         up(net, {CRASH_ENV: self.spec()})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,16 +13,28 @@ from tests.faults.invariants import Invariants
 from tests.faults.network import up
 from tests.faults.tally import TALLY
 
+WIRE_TIMEOUT = 120.0
+
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """A deployment with its network up, shared by a module's cases (each uses its own VMs)."""
     deployment = make_deployment(tmp_path_factory.mktemp("faults") / "deployment")
+    patient(deployment)
     up(deployment)
     try:
         yield deployment
     finally:
         deployment.run("down")
+
+
+def patient(deployment: Deployment) -> None:
+    """Let every network wait take `WIRE_TIMEOUT` s: full audits run after each fault."""
+    config = deployment.config.read_text()
+    wire = config.index("[wire]")
+    head, tail = config[:wire], config[wire:]
+    tail = re.sub(r"(?m)^timeout = .*$", f"timeout = {WIRE_TIMEOUT}", tail, count=1)
+    deployment.config.write_text(head + tail)
 
 
 @pytest.fixture

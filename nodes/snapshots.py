@@ -130,9 +130,12 @@ class Snapshots:
         counts = self._progress.get(vm)
         if snapshot is None or counts is None:
             return {"snapshot": snapshot, "total": None, "done": 0}
-        reply = await self.peers.call(
-            self._transfer_node(vm), "transfer.progress", {"view": snapshot}
-        )
+        try:
+            reply = await self.peers.call(
+                self._transfer_node(vm), "transfer.progress", {"view": snapshot}
+            )
+        except VmsnapError:
+            reply = {"bytes_read": 0}  # the snapshot itself reports why its transfer node failed
         current = int(reply["bytes_read"] or 0)
         return {"snapshot": snapshot, "total": counts["total"], "done": counts["done"] + current}
 

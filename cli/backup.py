@@ -8,7 +8,7 @@ import typer
 
 from cli.render import count_progress, emit_json, out
 from cli.state import state
-from nodes import disk_io, maintenance
+from nodes import crashpoints, disk_io, maintenance
 from nodes.api import ControllerApi
 
 app = typer.Typer(no_args_is_help=True, help="Scrub and repair the backup cluster.")
@@ -44,6 +44,7 @@ def scrub(ctx: typer.Context, json: JsonOption = False) -> None:
 def repair(ctx: typer.Context, json: JsonOption = False) -> None:
     """Bring every chunk back to R copies (after a node was lost or replaced)."""
     config = state(ctx).config()
+    crashpoints.arm(state(ctx).env.get(crashpoints.CRASH_ENV, ""), config.run_dir)
     with count_progress() as bar:
         task = bar.add_task("repair", total=None)
         report = disk_io.run(

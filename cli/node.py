@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from cli.state import state
+from nodes import crashpoints
 from nodes.runtime import run_node
 
 app = typer.Typer(no_args_is_help=True, help="Run node processes.")
@@ -19,4 +20,8 @@ def run(
     name: Annotated[str, typer.Option(help="The node's name, unique in the deployment.")],
 ) -> None:
     """Run a node in the foreground until SIGTERM."""
-    run_node(state(ctx).config(), role, name)
+    shared = state(ctx)
+    config = shared.config()
+    crashpoints.arm(shared.env.get(crashpoints.CRASH_ENV, ""), config.run_dir)
+    delay = crashpoints.reply_delay(shared.env.get(crashpoints.DELAY_ENV, ""))
+    run_node(config, role, name, reply_delay=delay)

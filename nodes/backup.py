@@ -8,19 +8,21 @@ import itertools
 import os
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ledger.errors import InputError
 from nodes.chunk_store import ChunkStore
 from nodes.chunks import ChunkCodec
 from nodes.config import Config
 from nodes.data_key import check_node, fingerprint, record_check
-from nodes.errors import ChunkCorrupted, ChunkMissing
-from nodes.ledger_replica import LedgerReplica
+from nodes.errors import ChunkCorrupted, ChunkMissing, StorageFull
 from nodes.mirror_service import MirrorService
 from nodes.peers import Peers, node_names
 from nodes.replication import BackupCluster
 from nodes.request_args import blobs, integer
+
+if TYPE_CHECKING:
+    from nodes.ledger_replica import LedgerReplica
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 T = TypeVar("T")
@@ -41,11 +43,12 @@ class Backup:
         self.store = ChunkStore(config.node_dir(name) / "chunks")
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self.peers = Peers(config, name)
-        self.replica = (
-            LedgerReplica(config, name)
-            if config.chain.replicas and config.chain.backend == "eth-tester"
-            else None
-        )
+        self.replica: LedgerReplica | None = None
+        if config.chain.replicas and config.chain.backend == "eth-tester":
+            # The EVM and eth-account load only where a replica runs: node start-up stays quick.
+            from nodes.ledger_replica import LedgerReplica
+
+            self.replica = LedgerReplica(config, name)
         cluster = BackupCluster(self.peers, node_names(config, "backup"), config.topology.replicas)
         codec = ChunkCodec(key, config.storage.compression_level)
         self.mirrors = MirrorService(
@@ -129,8 +132,19 @@ class Backup:
                 record_check, self.config.node_dir(self.name), fingerprint(self._unchecked)
             )
             self._unchecked = None
-        stored = await self._run(self.store.put_many, pairs)
+        stored = await self._run(self._put_within_quota, pairs)
         return {"stored": sum(1 for new in stored if new)}
+
+    def _put_within_quota(self, pairs: list[tuple[bytes, bytes]]) -> list[bool]:
+        """Store the pairs, refusing all of them if the new ones would pass the quota."""
+        quota = self.config.storage.quota_bytes
+        if quota:
+            present = self.store.has_many(chunk_id for chunk_id, _blob in pairs)
+            incoming = sum(len(b) for (_c, b), held in zip(pairs, present, strict=True) if not held)
+            used = self.store.stats().pack_bytes
+            if incoming and used + incoming > quota:
+                raise StorageFull(self.name, used, incoming, quota)
+        return self.store.put_many(pairs)
 
     async def get_many(self, args: dict[str, Any]) -> dict[str, Any]:
         """Blobs by id; None for a missing or damaged copy (a damaged one is quarantined)."""

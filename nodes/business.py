@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ledger.errors import InputError, NotFound
+from ledger.errors import InputError, NotFound, VmsnapError
 from nodes.blockdev import STATE_HOLE
 from nodes.chunks import ChunkCodec, is_zero
 from nodes.config import Config
-from nodes.ledger_replica import LedgerReplica
 from nodes.nbd import NbdServer
 from nodes.nbd_tls import check_exposure
 from nodes.peers import Peers
 from nodes.request_args import integer, text
+from nodes.stale_views import release_stale_views
 from nodes.switch import RemoteMirror, Switch
 from nodes.volume import Volume
+
+if TYPE_CHECKING:
+    from nodes.ledger_replica import LedgerReplica
 
 REDIRECT = "redirect.json"
 
@@ -51,11 +55,12 @@ class Business:
         self.root.mkdir(parents=True, exist_ok=True)
         self.codec = ChunkCodec(config.data_key(), config.storage.compression_level)
         self.peers = Peers(config, name)
-        self.replica = (
-            LedgerReplica(config, name)
-            if config.chain.replicas and config.chain.backend == "eth-tester"
-            else None
-        )
+        self.replica: LedgerReplica | None = None
+        if config.chain.replicas and config.chain.backend == "eth-tester":
+            # The EVM and eth-account load only where a replica runs: node start-up stays quick.
+            from nodes.ledger_replica import LedgerReplica
+
+            self.replica = LedgerReplica(config, name)
         self.volumes: dict[str, Volume] = {}
         self.switches: dict[str, Switch] = {}
         for folder in sorted(p.parent for p in self.root.glob("*/*/meta.sqlite")):
@@ -72,6 +77,7 @@ class Business:
             tls=tls,
         )
         self.nbd_port = 0
+        self._cleanup: asyncio.Task[int] | None = None
 
     @classmethod
     async def open(cls, config: Config, name: str) -> Business:
@@ -90,8 +96,16 @@ class Business:
         target = json.loads(redirect.read_text())
         return RemoteMirror(self.peers, target["node"], target["mirror"], volume.size)
 
+    def start_recovery(self) -> None:
+        """Release, in the background, the views of snapshots finished while this node was down."""
+        self._cleanup = asyncio.create_task(release_stale_views(self.volumes, self.peers))
+
     async def close(self) -> None:
         """Stop serving, make writes durable and close the volumes."""
+        if self._cleanup is not None:
+            self._cleanup.cancel()
+            with contextlib.suppress(asyncio.CancelledError, VmsnapError):
+                await self._cleanup
         await self.nbd.close()
         await self.peers.close()
         if self.replica is not None:
@@ -187,6 +201,7 @@ class Business:
             "url": f"nbd://{self.config.nbd.host}:{self.nbd_port}/{name}",
             "tls": self.nbd.tls is not None,
             "views": [v.name for v in volume.views()],
+            "mirror": _redirect(volume).get("mirror"),
             "dirty_chunks": len(volume.dirty_chunks()),
             "bytes_allocated": _allocated(volume.folder),
         }
@@ -373,3 +388,9 @@ def _write_json(path: Path, body: dict[str, Any]) -> None:
         out.flush()
         os.fsync(out.fileno())
     tmp.replace(path)
+
+
+def _redirect(volume: Volume) -> dict[str, Any]:
+    """Where a fast rollback redirects the volume's export ({} when it serves the volume)."""
+    path = volume.folder / REDIRECT
+    return dict(json.loads(path.read_text())) if path.exists() else {}

@@ -98,16 +98,18 @@ class TopologyConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    """Data-plane settings: the chunk size of new volumes, compression and encryption.
+    """Data-plane settings: chunk size of new volumes, compression, encryption, a quota.
 
     Encryption is off when a config file does not mention it (deployments made before it
-    was on by default); `vmsnap init` writes it on unless told otherwise.
+    was on by default); `vmsnap init` writes it on unless told otherwise. `quota_bytes`
+    bounds a backup node's pack files (0: no limit).
     """
 
     chunk_size: int = 64 * 1024
     compression_level: int = 3
     encryption: bool = False
     background_nice: int = 10
+    quota_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -314,6 +316,8 @@ def _check(config: Config) -> None:
         raise ConfigError("storage.chunk_size", "must be a power of two from 4096 to 65536")
     if not 0 <= storage.background_nice <= 19:
         raise ConfigError("storage.background_nice", "must be 0 to 19")
+    if storage.quota_bytes < 0:
+        raise ConfigError("storage.quota_bytes", "must be 0 (no limit) or more")
     if not 1 <= storage.compression_level <= 22:
         raise ConfigError("storage.compression_level", "must be 1 to 22")
     if not 1 <= config.scheduler.parallel <= 64:

@@ -135,6 +135,7 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._recovery_task
         await self.scheduler.close()
+        await self.snapshots.close()
         await self.peers.close()
         if isinstance(self.ledger.chain, ReplicatedChain):
             await self.ledger.chain.peers.close()

@@ -11,6 +11,7 @@ from ledger.contract import Entry, Fact, SnapshotStatus
 from ledger.errors import Conflict, VmsnapError
 from ledger.service import Ledger
 from nodes.chunks import ChunkCodec
+from nodes.crashpoints import crash_point
 from nodes.gc import DataGate, collect
 from nodes.replication import BackupCluster
 from nodes.snapshots import Snapshots
@@ -84,6 +85,7 @@ class Deletion:
             released += int(bool(reply.get("released")))
         node = self.snapshots.transfer_node(vm)
         await self.snapshots.peers.call(node, "transfer.discard", {"view": snapshot})
+        crash_point("delete.cleared", vm)
         now = self.ledger.now_ms()
         version = await self._on_ledger(self.ledger.projection.stream_version, events.vm_stream(vm))
         status = SnapshotStatus.RETIRED if retired else SnapshotStatus.DELETED
@@ -97,6 +99,7 @@ class Deletion:
             ],
             True,
         )
+        crash_point("delete.recorded", vm)
         result: dict[str, Any] = {"snapshot": snapshot, "vm": vm, "views_released": released}
         if gc:
             result.update(await self.collect_reporting(deleting=True))

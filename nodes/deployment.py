@@ -62,6 +62,7 @@ chunk_size = 65536                 # bytes; dirty tracking, dedup and transfer u
 compression_level = 3              # zstd level
 encryption = {encryption}# encrypt chunks at rest with keys derived from data.key
 background_nice = 10               # CPU niceness of transfer and backup nodes: VM I/O comes first
+quota_bytes = 0                    # a backup node's store may hold at most this (0: no limit)
 
 [vm_driver]
 kind = "none"                      # how rollbacks stop and restart VMs: none, command or qemu

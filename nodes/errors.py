@@ -102,6 +102,16 @@ class ChunkStoreError(NodeError):
         self.folder = folder
 
 
+class StorageFull(NodeError):
+    """A backup node's store would grow past its quota (``storage.quota_bytes``)."""
+
+    def __init__(self, node: str, used: int, incoming: int, quota: int) -> None:
+        super().__init__(
+            f"backup node {node} is full: {used} bytes stored + {incoming} incoming "
+            f"exceeds its quota of {quota} bytes"
+        )
+
+
 class NbdProtocolError(ProtocolError):
     """An NBD client sent something the protocol forbids; its connection is closed."""
 

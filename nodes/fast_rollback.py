@@ -14,7 +14,9 @@ written into the volumes; each export serves its volume again (held requests go 
 so nothing is lost), the VM is restarted and the mirrors closed: ``RollbackFinished``.
 
 Every step is idempotent and its record is on the ledger, so ``recover`` finishes (or,
-before the start tag, abandons) a fast rollback after a controller restart.
+before the start tag, abandons) a fast rollback after a controller restart; a switch to the
+mirrors that did not happen after the start tag is made before the restore
+(``nodes/mirror_switch.py``).
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ from ledger.contract import Entry
 from ledger.errors import Conflict, InputError, NotFound, VmsnapError
 from ledger.service import Ledger
 from nodes.chunks import ChunkCodec
+from nodes.crashpoints import crash_point
 from nodes.journal import difference_root
 from nodes.manifest import snapshot_root
 from nodes.mirror_service import mirror_nodes
+from nodes.mirror_switch import ensure_switched, switch_to_mirrors
 from nodes.replication import BackupCluster
-from nodes.rollback import restore_disks
+from nodes.rollback import RollbackInterrupted, restore_disks
 from nodes.rollback_audit import Journals
 from nodes.snapshots import Snapshots
 from nodes.vm_driver import VmDriver
@@ -107,6 +111,7 @@ class FastRollbacks:
         rollback = blake3.blake3(f"{vm}\0{snap['id']}\0{time.time_ns()}".encode()).hexdigest()
         now = self.ledger.now_ms()
         await self._append(events.RollbackStarted(now, rollback, vm, snap["id"], "fast"))
+        crash_point("fast.started", vm)
         with self.snapshots.activity.claim(vm, "rollback", rollback):
             try:
                 tags = await self._mirror(rollback, vm, snap)
@@ -116,7 +121,13 @@ class FastRollbacks:
             await self._append(
                 events.RollbackStartTagged(self.ledger.now_ms(), rollback, vm, tags, auto)
             )
-            await self._switch_to_mirrors(vm, snap, tags)
+            crash_point("fast.tagged", vm)
+            try:
+                await self._switch_to_mirrors(vm, snap, tags)
+            except VmsnapError as err:
+                self._background(rollback, vm, snap, auto, switch=True)
+                raise RollbackInterrupted(rollback, str(err)) from err
+            crash_point("fast.mirrored", vm)
         seconds = time.monotonic() - started
         self._background(rollback, vm, snap, auto)
         return {
@@ -156,15 +167,9 @@ class FastRollbacks:
     async def _switch_to_mirrors(
         self, vm: str, snap: dict[str, Any], tags: tuple[events.MirrorTag, ...]
     ) -> None:
-        await self.driver.stop(vm)
-        disks = {d["resource_id"]: d for d in await self.snapshots.disks_of(snap)}
-        for tag in tags:
-            await self.peers.call(
-                disks[tag.resource_id]["node"],
-                "volume.redirect",
-                {"vm": vm, "resource_id": tag.resource_id, "node": tag.node, "mirror": tag.mirror},
-            )
-        await self.driver.start(vm)
+        await switch_to_mirrors(
+            self.peers, self.driver, vm, await self.snapshots.disks_of(snap), tags
+        )
 
     async def _abandon(self, rollback: str, vm: str, snap: dict[str, Any], reason: str) -> None:
         """Close whatever mirrors were made (none served the VM yet) and record why."""
@@ -177,18 +182,34 @@ class FastRollbacks:
                 log.info("abandoned mirror %s: %s", mirror[:12], err)
         await self._append(events.RollbackAbandoned(self.ledger.now_ms(), rollback, vm, reason))
 
-    def _background(self, rollback: str, vm: str, snap: dict[str, Any], auto: bool) -> None:
-        task = asyncio.create_task(self._restore_then(rollback, vm, snap, auto))
+    def _background(
+        self, rollback: str, vm: str, snap: dict[str, Any], auto: bool, switch: bool = False
+    ) -> None:
+        task = asyncio.create_task(self._restore_then(rollback, vm, snap, auto, switch))
         self._restores[rollback] = task
         task.add_done_callback(lambda _t: self._restores.pop(rollback, None))
 
-    async def _restore_then(self, rollback: str, vm: str, snap: dict[str, Any], auto: bool) -> None:
+    async def _restore_then(
+        self, rollback: str, vm: str, snap: dict[str, Any], auto: bool, switch: bool
+    ) -> None:
         try:
+            if switch:
+                await self._ensure_switched(rollback, vm, snap)
             await self._restore(rollback, vm, snap)
             if auto:
                 await self.finish(vm)
         except VmsnapError as err:
             log.warning("fast rollback %s of %s paused: %s", rollback[:12], vm, err)
+
+    async def _ensure_switched(self, rollback: str, vm: str, snap: dict[str, Any]) -> None:
+        """Switch the VM to its mirrors unless already done (the start tag is on chain)."""
+        row = await self._running(vm)
+        if row is None or row["id"] != rollback:
+            return
+        tags = tuple(events.MirrorTag(**t) for t in row["start_tags"])
+        disks = await self.snapshots.disks_of(snap)
+        if not await ensure_switched(self.peers, self.driver, vm, disks, tags):
+            raise RollbackInterrupted(rollback, "the VM could not be switched to its mirrors")
 
     async def _restore(self, rollback: str, vm: str, snap: dict[str, Any]) -> None:
         totals = await restore_disks(self.snapshots, vm, snap)
@@ -273,6 +294,7 @@ class FastRollbacks:
                     self.ledger.now_ms(), rollback, vm, ends, snapshot_root(roots).hex(), total
                 )
             )
+            crash_point("fast.end_tagged", vm)
         else:
             ends = tuple(events.MirrorTag(**t) for t in row["end_tags"])
             changes = {
@@ -282,6 +304,7 @@ class FastRollbacks:
         applied = 0
         for tag in ends:
             applied += await self._apply(vm, disks[tag.resource_id], changes[tag.resource_id])
+        crash_point("fast.applied", vm)
         await self.driver.stop(vm)
         for tag in ends:
             await self.peers.call(
@@ -369,7 +392,7 @@ class FastRollbacks:
                 await self._abandon(row["id"], row["vm"], snap, reason)
                 continue
             if row["phase"] == "mirrored":
-                self._background(row["id"], row["vm"], snap, bool(row["auto"]))
+                self._background(row["id"], row["vm"], snap, bool(row["auto"]), switch=True)
             elif row["phase"] == "ending" or (row["phase"] == "restored" and row["auto"]):
                 await self.finish(row["vm"])
 

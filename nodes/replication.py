@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import blake3
 
+from nodes.crashpoints import crash_point
 from nodes.errors import ChunkMissing, NodeError, NodeUnreachable
 from nodes.peers import Peers
 from nodes.runfile import process_alive
@@ -229,6 +230,7 @@ class BackupCluster:
             lacking = [n for n in wanted if n not in nodes]
             if lacking:
                 report.copies_made += await self._copy(chunk_id, sorted(nodes), lacking)
+                crash_point("repair.copied")
             if len(nodes | set(lacking)) < self.replicas:
                 report.under_replicated += 1
             if progress is not None:

@@ -23,6 +23,7 @@ from ledger.contract import MAX_BATCH, MAX_PAYLOAD, Entry
 from ledger.retention import Candidate, decide
 from ledger.rules import describe, has_rules, policy_from, recorded, zone
 from ledger.service import Ledger
+from nodes.crashpoints import crash_point
 from nodes.deletion import Deletion
 
 Runner = Callable[..., Awaitable[Any]]
@@ -62,9 +63,11 @@ class Retention:
                     doomed.append((d.id, f"retention ({group}): " + "; ".join(d.reasons)))
         deleted = []
         if not dry_run:
+            crash_point("retention.decided", vm)
             for snapshot, reason in doomed:
                 await self.deletion.delete(snapshot, reason=reason, gc=False, retired=True)
                 deleted.append(snapshot)
+                crash_point("retention.deleted_one", vm)
         collected = (
             await self.deletion.collect_reporting(deleting=True) if deleted else {"gc": None}
         )

@@ -13,6 +13,7 @@ from ledger import events
 from ledger.contract import Entry
 from ledger.errors import Conflict, InputError, VmsnapError
 from ledger.service import Ledger
+from nodes.crashpoints import crash_point
 from nodes.snapshots import Snapshots
 from nodes.vm_driver import VmDriver
 
@@ -101,9 +102,11 @@ class Rollbacks:
 
     async def _run(self, rollback: str, vm: str, snap: dict[str, Any]) -> dict[str, Any]:
         started = time.monotonic()
+        crash_point("rollback.started", vm)
         try:
             await self.driver.stop(vm)
             totals = await restore_disks(self.snapshots, vm, snap)
+            crash_point("rollback.restored", vm)
             await self.driver.start(vm)
         except VmsnapError as err:
             raise RollbackInterrupted(rollback, str(err)) from err

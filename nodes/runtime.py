@@ -34,8 +34,8 @@ class Service(Protocol):
         ...
 
 
-def run_node(config: Config, role: str, name: str) -> None:
-    """Run a node in the foreground until SIGTERM or SIGINT."""
+def run_node(config: Config, role: str, name: str, reply_delay: float = 0.0) -> None:
+    """Run a node in the foreground until SIGTERM or SIGINT (`reply_delay`: a slow node)."""
     if role not in ROLES:
         raise InputError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
     logging.basicConfig(
@@ -45,7 +45,7 @@ def run_node(config: Config, role: str, name: str) -> None:
     )
     if role in BACKGROUND_ROLES and config.storage.background_nice:
         os.nice(config.storage.background_nice)
-    asyncio.run(_serve(config, role, name))
+    asyncio.run(_serve(config, role, name, reply_delay))
 
 
 def rpc_port(config: Config, role: str, name: str) -> int:
@@ -77,7 +77,7 @@ async def open_service(config: Config, role: str, name: str) -> tuple[Service, i
     return await Transfer.open(config, name), 0
 
 
-async def _serve(config: Config, role: str, name: str) -> None:
+async def _serve(config: Config, role: str, name: str, reply_delay: float) -> None:
     service, nbd_port = await open_service(config, role, name)
     server = NodeServer(
         name,
@@ -87,6 +87,7 @@ async def _serve(config: Config, role: str, name: str) -> None:
         port=rpc_port(config, role, name),
         max_frame=config.wire.max_frame,
         timeout=config.wire.timeout,
+        reply_delay=reply_delay,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

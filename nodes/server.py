@@ -84,8 +84,10 @@ class NodeServer:
         port: int = 0,
         max_frame: int = MAX_FRAME,
         timeout: float = 30.0,
+        reply_delay: float = 0.0,
     ) -> None:
         self.name = name
+        self._reply_delay = reply_delay
         self._secret = secret
         self._handlers: dict[str, Handler] = {"ping": self._ping, **handlers}
         self._host = host
@@ -217,6 +219,8 @@ class NodeServer:
         if handler is None:
             message = f"unknown operation {request.op!r} on node {self.name}"
             return _error(request.id, "UnknownOperation", message, 2)
+        if self._reply_delay:
+            await asyncio.sleep(self._reply_delay)  # an injected slow node (VMSNAP_REPLY_DELAY)
         try:
             result = await handler(request.args)
         except VmsnapError as err:

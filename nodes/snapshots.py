@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -16,7 +18,7 @@ from ledger.errors import NotFound, VmsnapError
 from ledger.service import Ledger
 from nodes.activity import Activity, VmBusy
 from nodes.config import Config
-from nodes.errors import NodeError
+from nodes.crashpoints import crash_point
 from nodes.gc import DataGate
 from nodes.manifest import snapshot_root
 from nodes.peers import Peers, node_names
@@ -26,6 +28,8 @@ from nodes.replication import placement as rendezvous
 Runner = Callable[..., Awaitable[Any]]
 log = logging.getLogger("vmsnap.snapshots")
 TRANSFER_TIMEOUT = 6 * 3600.0
+RELEASE_RETRY = 2.0
+RELEASE_ATTEMPTS = 1800
 
 
 class UnknownSnapshot(NotFound):
@@ -58,7 +62,8 @@ class Snapshots:
     ``InitialSnapshotReleased``. A failure before the commit releases the
     frozen views and records ``SnapshotFailed``; after a crash, ``recover``
     does the same for every snapshot left pending, and finishes the release
-    of committed ones.
+    of committed ones. A release that fails because the business node is down
+    is retried in the background; the VM takes no new snapshot until it is done.
     """
 
     def __init__(
@@ -72,6 +77,14 @@ class Snapshots:
         self.activity = Activity()
         self.gate = DataGate()
         self._progress: dict[str, dict[str, int]] = {}
+        self._releasing: dict[str, asyncio.Task[None]] = {}
+
+    async def close(self) -> None:
+        """Stop retrying the releases still waiting for their business node."""
+        for task in list(self._releasing.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _append(self, entries: list[Entry]) -> None:
         await self._on_ledger(self.ledger.append, entries)
@@ -121,9 +134,8 @@ class Snapshots:
             reply = await self.peers.call(
                 self._transfer_node(vm), "transfer.progress", {"view": snapshot}
             )
-        except NodeError:
-            # A progress report is best effort: the snapshot itself reports the failure.
-            reply = {"bytes_read": None}
+        except VmsnapError:
+            reply = {"bytes_read": 0}  # the snapshot itself reports why its transfer node failed
         current = int(reply["bytes_read"] or 0)
         return {"snapshot": snapshot, "total": counts["total"], "done": counts["done"] + current}
 
@@ -133,6 +145,8 @@ class Snapshots:
 
     async def _check_idle(self, vm: str) -> None:
         self.activity.check(vm)
+        if vm in self._releasing:
+            raise VmBusy(vm, "snapshot", self._releasing[vm].get_name())
         pending = await self._on_ledger(self.ledger.projection.snapshots, vm, "pending")
         if pending:
             raise VmBusy(vm, "snapshot", pending[0]["id"])
@@ -156,19 +170,27 @@ class Snapshots:
         )
         version = await self._version(vm)
         await self._append([Entry(requested, version, Fact(subject, SnapshotStatus.PENDING))])
+        crash_point("snapshot.requested", vm)
         try:
             frozen = [await self._freeze(vm, snapshot, d) for d in disks]
+            crash_point("snapshot.frozen", vm)
             self._progress[vm] = {"total": self._estimate(frozen, parent), "done": 0}
             processed = []
             for d, f in zip(disks, frozen, strict=True):
                 processed.append(await self._process(vm, snapshot, d, f, parent))
                 self._progress[vm]["done"] += processed[-1].bytes_read
             root = snapshot_root({p.resource_id: bytes.fromhex(p.root) for p in processed})
+            crash_point("snapshot.processed", vm)
             await self._commit(vm, snapshot, frozen, processed, root, version + 1)
         except VmsnapError as err:
             await self._undo(vm, snapshot, disks, str(err))
             raise SnapshotFailedError(snapshot, str(err)) from err
-        await self._release(vm, snapshot, disks)
+        crash_point("snapshot.committed", vm)
+        try:
+            await self._release(vm, snapshot, disks)
+        except VmsnapError as err:
+            log.warning("snapshot %s of %s committed; release retried: %s", snapshot[:12], vm, err)
+            self._release_later(vm, snapshot, disks)
         found = await self._on_ledger(self.ledger.projection.find_snapshots, snapshot)
         return dict(found[0])
 
@@ -247,6 +269,23 @@ class Snapshots:
             await self.peers.call(disk["node"], "volume.release", args)
         released = events.InitialSnapshotReleased(self.ledger.now_ms(), snapshot, vm)
         await self._append([Entry(released, await self._version(vm))])
+
+    def _release_later(self, vm: str, snapshot: str, disks: list[dict[str, Any]]) -> None:
+        """Retry a committed snapshot's release in the background until its node is back."""
+        task = asyncio.create_task(self._retry_release(vm, snapshot, disks), name=snapshot)
+        self._releasing[vm] = task
+        task.add_done_callback(lambda _t: self._releasing.pop(vm, None))
+
+    async def _retry_release(self, vm: str, snapshot: str, disks: list[dict[str, Any]]) -> None:
+        for _attempt in range(RELEASE_ATTEMPTS):
+            await asyncio.sleep(RELEASE_RETRY)
+            try:
+                await self._release(vm, snapshot, disks)
+            except VmsnapError as err:
+                log.info("release of snapshot %s waits: %s", snapshot[:12], err)
+            else:
+                return
+        log.warning("snapshot %s of %s left unreleased until a restart", snapshot[:12], vm)
 
     async def recover(self) -> None:
         """Undo snapshots a crash left pending; finish releasing committed ones."""

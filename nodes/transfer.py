@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
+from ledger.errors import VmsnapError
 from nodes.chunks import ChunkCodec, is_zero
 from nodes.config import Config
 from nodes.manifest import Manifest
@@ -91,6 +92,8 @@ class Pipeline:
                 group.create_task(self._read(source, since, queue))
                 for _worker in range(STORERS):
                     group.create_task(self._store(queue, stats, source.view, claimed))
+        except* VmsnapError as failed:
+            raise first_error(failed) from None  # the cause, not "unhandled errors in a TaskGroup"
         finally:
             self.progress.pop(source.view, None)
         stats.seconds = time.monotonic() - started
@@ -364,3 +367,12 @@ class Transfer:
         manifest_id = bytes.fromhex(text(args, "manifest"))
         manifest = await load_manifest(self.cluster, self.codec, manifest_id)
         return {"manifest": manifest.encode(), "root": manifest.root().hex()}
+
+
+def first_error(group: BaseExceptionGroup[VmsnapError]) -> VmsnapError:
+    """The first error a task group collected (what the caller reports)."""
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    assert isinstance(first, VmsnapError)
+    return first

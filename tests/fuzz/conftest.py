@@ -11,7 +11,7 @@ from tests.fuzz.tally import RAN, scale
 
 FUZZ_VM = "fuzz-vm"
 FUZZ_DISK = "fuzz-disk"
-FUZZ_DISK_SIZE = 1 << 20
+FUZZ_DISK_SIZE = 256 * 1024
 
 
 @pytest.fixture(scope="package")

@@ -93,7 +93,7 @@ def loads_or_refuses(path: Path, env: dict[str, str]) -> Config | None:
     return config
 
 
-@fuzz(200)
+@fuzz(150)
 @given(
     st.dictionaries(st.sampled_from(KEYS), TOML_VALUES, max_size=4),
     st.one_of(st.just(b""), st.binary(max_size=12), st.sampled_from([b"\xff\xfe", b"[x", b"a="])),
@@ -110,7 +110,7 @@ def test_a_config_file_loads_into_usable_values_or_is_refused_in_one_line(
     loads_or_refuses(path, {})
 
 
-@fuzz(200)
+@fuzz(150)
 @given(st.dictionaries(st.sampled_from(KEYS), ENV_TEXT, max_size=3))
 @example({("chain", "replicas"): "true"})  # a boolean override
 @example({("storage", "encryption"): "yes"})

@@ -72,7 +72,7 @@ def closed_by_node(sock: socket.socket) -> bool:
     return True
 
 
-@fuzz(100)
+@fuzz(60)
 @given(st.booleans(), st.lists(HANDSHAKE_GARBAGE, min_size=1, max_size=3))
 @example(True, [struct.pack(">I", 2**32 - 1)])  # a 4 GiB handshake frame
 @example(True, [frame(cbor2.dumps({"node": "x" * 129, "nonce": bytes(32), "proof": bytes(32)}))])
@@ -96,7 +96,7 @@ ENVELOPES = st.fixed_dictionaries(
     {},
     optional={
         "id": st.one_of(st.integers(-(2**64), 2**64 - 1), st.booleans(), st.text(max_size=3)),
-        "op": st.one_of(st.sampled_from(["ping", "ledger.head", "vm.list"]), st.integers()),
+        "op": st.one_of(st.sampled_from(["ping", "ledger.head", "vm.list"]), st.integers(0, 9)),
         "args": st.one_of(st.dictionaries(st.text(max_size=3), st.integers()), st.lists(st.none())),
         "extra": st.binary(max_size=4),
     },
@@ -124,7 +124,7 @@ async def send_authenticated(port: int, secret: bytes, frames: list[bytes]) -> l
     return answers
 
 
-@fuzz(100)
+@fuzz(40)
 @given(st.lists(ENVELOPES.map(encode_frame) | items(depth=1).map(frame), min_size=1, max_size=4))
 @example([encode_frame({"id": 1, "op": "ping"})])  # no args
 @example([encode_frame({"id": True, "op": "ping", "args": {}})])  # a boolean id

@@ -133,7 +133,7 @@ def assert_clean_error(answer: dict[str, Any] | RemoteError, node: str, op: str)
         assert answer.exit_code >= 2, (answer.kind, answer.exit_code)
 
 
-@fuzz(80)
+@fuzz(60)
 @given(requests())
 @example(("business-1", "volume.create", {"vm": "..", "resource_id": "escape", "size": 4096}))
 @example(("business-1", "volume.create", {"vm": "v", "resource_id": "d", "size": 2**63 - 1}))

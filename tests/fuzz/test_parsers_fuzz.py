@@ -61,7 +61,7 @@ def parses_or_refuses(parse: Callable[[], Any]) -> Any:
         return None
 
 
-@fuzz(500)
+@fuzz(250)
 @given(SCHEDULES, ZONES, ANCHORS)
 @example("monthly ² 03:00", "UTC", None)  # a digit str.isdigit() knows but int() does not
 @example("every 1h", "Asia/Tokyo", dt.date.min)  # an anchor whose start is before year 1
@@ -79,7 +79,7 @@ def test_a_schedule_parses_and_plans_or_is_refused_in_one_line(
         assert following is None or following > NOW
 
 
-@fuzz(300)
+@fuzz(150)
 @given(st.lists(WORDS, max_size=6).map(" ".join), ZONES)
 def test_a_cron_expression_parses_or_is_refused_in_one_line(expr: str, tz: str) -> None:
     ran("parser: cron")
@@ -96,7 +96,7 @@ SPAN_TEXT = st.one_of(
 )
 
 
-@fuzz(300)
+@fuzz(150)
 @given(SPAN_TEXT)
 def test_a_keep_within_span_parses_and_reaches_back_or_is_refused(text: str) -> None:
     ran("parser: keep-within spans")
@@ -120,7 +120,7 @@ RULE_VALUES = st.one_of(
 RULE_KEYS = st.sampled_from([*COUNT_RULES, "keep_within", "tz", "other"])
 
 
-@fuzz(300)
+@fuzz(150)
 @given(st.dictionaries(RULE_KEYS, RULE_VALUES | ZONES, max_size=5))
 @example({"tz": "America"})
 @example({"keep_last": 1, "tz": "a" * 300})
@@ -139,7 +139,7 @@ SIZE_TEXT = st.one_of(
 )
 
 
-@fuzz(400)
+@fuzz(200)
 @given(SIZE_TEXT)
 def test_a_size_parses_to_whole_bytes_or_is_refused_in_one_line(text: str) -> None:
     ran("parser: sizes")
@@ -148,7 +148,7 @@ def test_a_size_parses_to_whole_bytes_or_is_refused_in_one_line(text: str) -> No
         assert isinstance(size, int) and size >= 0
 
 
-@fuzz(200)
+@fuzz(100)
 @given(st.text(max_size=70))
 def test_a_schedule_name_is_accepted_as_is_or_refused_in_one_line(name: str) -> None:
     ran("parser: schedule names")

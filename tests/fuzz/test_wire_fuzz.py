@@ -131,7 +131,7 @@ def check_decoded(value: dict[str, Any] | None) -> None:
         assert is_plain(value)
 
 
-@fuzz(400)
+@fuzz(200)
 @given(st.binary(max_size=256))
 @example(b"\x9b" + struct.pack(">Q", 2**32))  # an array that claims 2**32 items
 @example(b"\xbb" + struct.pack(">Q", 2**63))  # a map that claims 2**63 pairs
@@ -142,7 +142,7 @@ def test_random_bytes_decode_to_plain_data_or_a_protocol_error(body: bytes) -> N
     check_decoded(decode_within_memory(body))
 
 
-@fuzz(400)
+@fuzz(200)
 @given(items(depth=3))
 @example(b"\xa1\x61a\xc5\x82\x1b" + struct.pack(">Q", 2**63 - 1) + b"\x01")  # bigfloat 2**huge
 @example(b"\xa1\x61a\xd8\x23\x65(a*)*")  # a regular expression
@@ -154,7 +154,7 @@ def test_crafted_cbor_items_decode_to_plain_data_or_a_protocol_error(body: bytes
     check_decoded(decode_within_memory(body))
 
 
-@fuzz(300)
+@fuzz(150)
 @given(mutated())
 def test_damaged_encodings_decode_to_plain_data_or_a_protocol_error(body: bytes) -> None:
     ran("wire: damaged encodings")
@@ -190,7 +190,7 @@ def streams(draw: st.DrawFn) -> bytes:
     return b"".join(parts) + draw(st.binary(max_size=3))
 
 
-@fuzz(300)
+@fuzz(150)
 @given(streams())
 @example(struct.pack(">I", 2**32 - 1) + b"\xa0")  # a header claiming 4 GiB
 @example(struct.pack(">I", 10) + b"\xa0")  # a body cut short

@@ -97,7 +97,9 @@ ENVELOPES = st.fixed_dictionaries(
     optional={
         "id": st.one_of(st.integers(-(2**64), 2**64 - 1), st.booleans(), st.text(max_size=3)),
         "op": st.one_of(st.sampled_from(["ping", "ledger.head", "vm.list"]), st.integers(0, 9)),
-        "args": st.one_of(st.dictionaries(st.text(max_size=3), st.integers()), st.lists(st.none())),
+        "args": st.one_of(
+            st.dictionaries(st.text(max_size=3), st.integers(-(2**63), 2**63)), st.lists(st.none())
+        ),
         "extra": st.binary(max_size=4),
     },
 )

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ledger import events
 from ledger.errors import InputError
 from ledger.retention import KeepWithin, RetentionPolicy, parse_keep_within
+from ledger.zones import zone
 
 COUNT_RULES = (
     "keep_last",
@@ -36,16 +36,6 @@ def policy_from(args: dict[str, Any]) -> RetentionPolicy:
             raise InputError("--keep-within must be a span such as 30d")
         within = parse_keep_within(within_text)
     return RetentionPolicy(keep_within=within, **counts)
-
-
-def zone(name: str) -> ZoneInfo:
-    """A time zone by name, or a clear error."""
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InputError(
-            f"unknown time zone {name!r}: use an IANA name like Europe/Berlin"
-        ) from None
 
 
 def rules_from(args: dict[str, Any], default_tz: str) -> events.RetentionRules:

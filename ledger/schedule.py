@@ -23,8 +23,9 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
+from ledger import zones
 from ledger.errors import InputError
 
 _ONE_DAY = timedelta(days=1)
@@ -168,7 +169,7 @@ class Schedule:
 
 def parse_schedule(text: str, tz: str, anchor: date | None = None) -> Schedule:
     """Parse `text` in zone `tz`; `anchor` (date or aware instant) is required by `every` forms."""
-    zone = _zone(tz)
+    zone = zones.zone(tz)
     words = text.lower().split()
     if not words:
         raise InputError(f"empty schedule: {_USAGE}")
@@ -194,13 +195,6 @@ def parse_schedule(text: str, tz: str, anchor: date | None = None) -> Schedule:
 def parse_cron(expr: str, tz: str) -> Schedule:
     """Parse a five-field cron expression (minute hour day-of-month month day-of-week)."""
     return parse_schedule(f"cron {expr}", tz)
-
-
-def _zone(tz: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError) as err:
-        raise InputError(f"unknown time zone {tz!r}: use an IANA name like Europe/Berlin") from err
 
 
 def _require_aware(instant: datetime, name: str) -> None:
@@ -257,7 +251,7 @@ def _parse_weekly(words: list[str], text: str) -> _Weekly:
 
 
 def _parse_monthly(rest: list[str], text: str) -> _Monthly:
-    if len(rest) != 2 or not rest[0].isdigit():
+    if len(rest) != 2 or not (rest[0].isascii() and rest[0].isdigit()):
         raise _fail(text, "expected 'monthly DAY HH:MM'")
     day = int(rest[0])
     if not 1 <= day <= 31:
@@ -280,17 +274,33 @@ def _parse_every(
         _require_aware(anchor, "anchor")
     if unit == "d":
         at = _time(_one(rest[1:], text, "every Nd HH:MM"), text)
-        day = anchor.astimezone(zone).date() if isinstance(anchor, datetime) else anchor
+        day = _anchor_day(anchor, zone, text)
         rule: _EveryDays | _EveryHours = _EveryDays(count, at, day)
         return Schedule(f"every {count}d {at:%H:%M}", tz, day, rule, zone)
     if len(rest) != 1:
         raise _fail(text, "'every Nh' takes no time of day")
-    if isinstance(anchor, datetime):
-        local = anchor.astimezone(zone).replace(minute=0, second=0, microsecond=0)
-        start = local.astimezone(UTC)
-    else:
-        start = _resolve(datetime.combine(anchor, time()), zone)
+    start = _anchor_hour(anchor, zone, text)
     return Schedule(f"every {count}h", tz, start, _EveryHours(count, start), zone)
+
+
+def _anchor_day(anchor: date, zone: ZoneInfo, text: str) -> date:
+    """The local date an `every Nd` schedule counts from."""
+    try:
+        return anchor.astimezone(zone).date() if isinstance(anchor, datetime) else anchor
+    except OverflowError:
+        raise _fail(text, f"anchor {anchor.isoformat()} is out of range") from None
+
+
+def _anchor_hour(anchor: date, zone: ZoneInfo, text: str) -> datetime:
+    """The UTC instant, on a local hour boundary, an `every Nh` schedule counts from."""
+    try:
+        if isinstance(anchor, datetime):
+            local = anchor.astimezone(zone).replace(minute=0, second=0, microsecond=0)
+            return local.astimezone(UTC)
+        return _resolve(datetime.combine(anchor, time()), zone)
+    except OverflowError:
+        # Midnight of 0001-01-01 east of UTC, or of 9999-12-31 west of it, is no instant.
+        raise _fail(text, f"anchor {anchor.isoformat()} is out of range") from None
 
 
 def _parse_cron_fields(fields: list[str], text: str) -> _Cron:

@@ -33,27 +33,45 @@ def disk(role: str, resource_id: str, size: int) -> Disk:
     """Return a validated disk."""
     if role not in DISK_ROLES:
         raise InputError(f"invalid disk role {role!r}: use one of {', '.join(DISK_ROLES)}")
+    check_resource_id(resource_id)
+    check_disk_size(resource_id, size)
+    return Disk(role=role, resource_id=resource_id, size=size)
+
+
+def check_resource_id(resource_id: str) -> str:
+    """A disk's resource id: also a folder name on the business node, so never a path."""
     if not _RESOURCE.fullmatch(resource_id):
         raise InputError(
             f"invalid resource id {resource_id!r}: letters, digits, '.', '_' and '-', up to 128"
         )
+    return resource_id
+
+
+def check_disk_size(resource_id: str, size: int) -> int:
+    """A disk size: a positive multiple of the sector size, at most 8 EiB."""
     if size > MAX_DISK:
         raise InputError(f"invalid size for disk {resource_id}: larger than 8 EiB")
     if size <= 0 or size % SECTOR:
         raise InputError(
             f"invalid size for disk {resource_id}: {size} is not a positive multiple of {SECTOR}"
         )
-    return Disk(role=role, resource_id=resource_id, size=size)
+    return size
+
+
+def check_vm_name(name: str) -> str:
+    """A VM name: a host name (also a folder name on the business node)."""
+    if not _HOST.fullmatch(name):
+        raise InputError(
+            f"invalid VM name {name!r}: it must be a host name (letters, digits, '-', '.')"
+        )
+    return name
 
 
 def registration(
     name: str, vm_type: str, ip: str, disks: Sequence[Disk], at_ms: int
 ) -> VmRegistered:
     """Return the event that registers a VM, after checking every field."""
-    if not _HOST.fullmatch(name):
-        raise InputError(
-            f"invalid VM name {name!r}: it must be a host name (letters, digits, '-', '.')"
-        )
+    check_vm_name(name)
     if not _TYPE.fullmatch(vm_type):
         raise InputError(f"invalid VM type {vm_type!r}: a lowercase word such as kvm")
     try:

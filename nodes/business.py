@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ledger.errors import InputError, NotFound, VmsnapError
+from ledger.vm import check_disk_size, check_resource_id, check_vm_name
 from nodes.blockdev import STATE_HOLE
 from nodes.chunks import ChunkCodec, is_zero
 from nodes.config import Config
@@ -31,6 +32,8 @@ REDIRECT = "redirect.json"
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 MAX_IO = 4 * 1024 * 1024
 MAX_CHUNKS_PER_CALL = 64
+MIN_CHUNK = 4096
+MAX_CHUNK = 64 * 1024
 
 
 def export_name(vm: str, resource_id: str) -> str:
@@ -161,11 +164,17 @@ class Business:
 
     async def create(self, args: dict[str, Any]) -> dict[str, Any]:
         """Create the volume of a VM disk (idempotent for the same size)."""
-        vm, resource_id, size = text(args, "vm"), text(args, "resource_id"), integer(args, "size")
+        vm = check_vm_name(text(args, "vm"))
+        resource_id = check_resource_id(text(args, "resource_id"))
+        size = check_disk_size(resource_id, integer(args, "size"))
         name = export_name(vm, resource_id)
         volume = self.volumes.get(name)
         if volume is None:
-            chunk = int(args.get("chunk_size") or self.config.storage.chunk_size)
+            chunk = integer(args, "chunk_size", self.config.storage.chunk_size)
+            if not MIN_CHUNK <= chunk <= MAX_CHUNK or chunk & (chunk - 1):
+                raise InputError(
+                    f"chunk_size must be a power of two from {MIN_CHUNK} to {MAX_CHUNK}"
+                )
             volume = await asyncio.to_thread(
                 Volume.create, self.root / vm / resource_id, size, chunk
             )
@@ -237,6 +246,8 @@ class Business:
         """Allocated and hole extents of a range, as [length, flags] pairs."""
         _name, volume = self._volume(args)
         offset = integer(args, "offset")
+        if offset > volume.size:
+            raise InputError(f"offset {offset} is beyond the volume's {volume.size} bytes")
         length = min(integer(args, "length"), volume.size - offset)
         found = await volume.block_status(offset, length)
         return {"extents": [[e.length, e.flags] for e in found]}
@@ -278,13 +289,12 @@ class Business:
     async def changed(self, args: dict[str, Any]) -> dict[str, Any]:
         """Chunk indexes of a view changed since the baseline (or ``since``), paged."""
         _name, volume = self._volume(args)
-        since = args.get("since")
-        start, limit = int(args.get("start", 0)), min(int(args.get("limit", 65536)), 65536)
+        view = text(args, "view")
+        since = integer(args, "since") if args.get("since") is not None else None
+        start, limit = integer(args, "start", 0), min(integer(args, "limit", 65536), 65536)
 
         def page() -> list[int]:
-            found = volume.changed_chunks(
-                text(args, "view"), since if isinstance(since, int) else None
-            )
+            found = volume.changed_chunks(view, since)
             return [i for i in found if i >= start][:limit]
 
         indexes = await asyncio.to_thread(page)

@@ -13,7 +13,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from ledger.errors import InputError
+from ledger.zones import zone
 
 LONGEST_NAP = 60.0
 
@@ -104,7 +106,7 @@ def local_zone_name() -> str:
         candidates.append(Path("/etc/timezone").read_text().strip())
     for name in candidates:
         if name:
-            with contextlib.suppress(ZoneInfoNotFoundError, ValueError):
-                ZoneInfo(name)
+            with contextlib.suppress(InputError):
+                zone(name)
                 return name
     return "UTC"

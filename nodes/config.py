@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,12 @@ if TYPE_CHECKING:
 
 CONFIG_NAME = "vmsnap.toml"
 MAX_FRAME = 16 * 1024 * 1024
+MIN_FRAME = 1024 * 1024
+"""The smallest wire.max_frame: a batch of chunks of the largest size must fit in a frame."""
+MAX_BASE_PORT = 65535 - 64
+"""Every node's port (base plus the offset of its role and its index) must stay a port."""
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0")
 
 
 @dataclass(frozen=True)
@@ -294,7 +301,7 @@ def load_config(path: Path, env: Mapping[str, str]) -> Config:
     """Read `path`, apply ``VMSNAP_SECTION_KEY`` overrides from `env`, and check the types."""
     try:
         raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as err:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise ConfigError(str(path), str(err)) from err
     unknown = set(raw) - set(SECTIONS)
     if unknown:
@@ -327,6 +334,25 @@ def _check(config: Config) -> None:
         raise ConfigError("[nbd]", "tls_cert and tls_key go together")
     if nbd.tls_ca and not nbd.tls_cert:
         raise ConfigError("nbd.tls_ca", "requires tls_cert and tls_key")
+    _check_limits(config)
+
+
+def _check_limits(config: Config) -> None:
+    """Ports, frame sizes, times: values a node would only trip over once running."""
+    if not 0 <= config.network.base_port <= MAX_BASE_PORT:
+        raise ConfigError("network.base_port", f"must be 0 (any free port) to {MAX_BASE_PORT}")
+    if not MIN_FRAME <= config.wire.max_frame <= 2**32 - 1:
+        raise ConfigError("wire.max_frame", f"must be {MIN_FRAME} to {2**32 - 1} bytes")
+    if config.chain.genesis_timestamp < 0:
+        raise ConfigError("chain.genesis_timestamp", "must not be negative")
+    timeouts = {
+        "network.start_timeout": config.network.start_timeout,
+        "wire.timeout": config.wire.timeout,
+        "vm_driver.timeout": config.vm_driver.timeout,
+    }
+    for where, seconds in timeouts.items():
+        if not 0 < seconds < math.inf:
+            raise ConfigError(where, "must be a number of seconds above zero")
 
 
 def _section(name: str, cls: type[Any], values: Any, env: Mapping[str, str]) -> Any:
@@ -348,10 +374,12 @@ def _section(name: str, cls: type[Any], values: Any, env: Mapping[str, str]) -> 
 
 
 def _parse_env(where: str, hint: Any, text: str) -> Any:
+    """An override's text as the type of its setting (booleans: true/false, yes/no, on/off, 1/0)."""
     if hint is bool:
-        if text.lower() not in ("true", "false"):
-            raise ConfigError(where, f"{text!r} is not true or false")
-        return text.lower() == "true"
+        word = text.strip().lower()
+        if word not in TRUE_WORDS + FALSE_WORDS:
+            raise ConfigError(where, f"{text!r} is not a boolean: use true or false")
+        return word in TRUE_WORDS
     try:
         return hint(text) if hint in (int, float) else text
     except ValueError as err:

@@ -123,7 +123,7 @@ async def export_raw(
     target = {"vm": disk["vm"], "resource_id": disk["resource_id"]}
     size = int(disk["size"])
     copied = 0
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    fd, tmp = _staging(out)
     try:
         with os.fdopen(fd, "r+b") as sink:
             async with _client(config, disk) as client:
@@ -142,7 +142,7 @@ async def export_raw(
                         progress(ext_len)
             sink.truncate(size)
             os.fsync(sink.fileno())
-        Path(tmp).replace(out)
+        _publish(Path(tmp), out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -161,6 +161,22 @@ async def _copy_range(
             os.pwrite(fd, data, offset + copied)
         copied += n
     return copied
+
+
+def _staging(out: Path) -> tuple[int, str]:
+    """Open the temporary file an export is written to, next to `out`."""
+    try:
+        return tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    except OSError as err:
+        raise InputError(f"cannot write {out}: {err.strerror}") from None
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Give a finished export its name."""
+    try:
+        tmp.replace(out)
+    except OSError as err:
+        raise InputError(f"cannot write {out}: {err.strerror}") from None
 
 
 def _client(config: Config, disk: dict[str, Any]) -> NodeClient:
@@ -191,7 +207,7 @@ async def export_snapshot(
     peers = Peers(config, "cli")
     codec = ChunkCodec(config.data_key(), config.storage.compression_level)
     cluster = BackupCluster(peers, node_names(config, "backup"), config.topology.replicas)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    fd, tmp = _staging(out)
     copied = 0
     try:
         with os.fdopen(fd, "r+b") as sink:
@@ -207,7 +223,7 @@ async def export_snapshot(
                     progress(len(data))
             sink.truncate(manifest.size)
             os.fsync(sink.fileno())
-        Path(tmp).replace(out)
+        _publish(Path(tmp), out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -21,8 +21,9 @@ from typing import Any
 from ledger import events
 from ledger.contract import MAX_BATCH, MAX_PAYLOAD, Entry
 from ledger.retention import Candidate, decide
-from ledger.rules import describe, has_rules, policy_from, recorded, zone
+from ledger.rules import describe, has_rules, policy_from, recorded
 from ledger.service import Ledger
+from ledger.zones import zone
 from nodes.crashpoints import crash_point
 from nodes.deletion import Deletion
 

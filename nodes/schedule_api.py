@@ -13,6 +13,7 @@ from ledger.errors import InputError, NotFound, UnknownVm
 from ledger.rules import describe, has_rules, rules_from
 from ledger.schedule import Schedule, check_schedule_name, parse_cron, parse_schedule
 from ledger.service import Ledger
+from ledger.zones import zone
 from nodes.clock import Clock
 from nodes.request_args import text
 from nodes.retention_run import Retention
@@ -97,9 +98,7 @@ class ScheduleApi:
     def _anchor(self, given: Any, when: str, tz: str) -> dt.date | dt.datetime:
         if given is None:
             now = self.clock.now()
-            return (
-                now if when.strip().lower().endswith("h") else now.astimezone(ZoneInfo(tz)).date()
-            )
+            return now if when.strip().lower().endswith("h") else now.astimezone(zone(tz)).date()
         try:
             return dt.date.fromisoformat(str(given))
         except ValueError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -87,8 +88,12 @@ class Volume:
             folder.mkdir(parents=True, exist_ok=False)
         except FileExistsError:
             raise VolumeError(f"a volume already exists in {folder}") from None
-        with (folder / "data.raw").open("wb") as data:
-            data.truncate(size)
+        try:
+            with (folder / "data.raw").open("wb") as data:
+                data.truncate(size)
+        except OSError as err:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise VolumeError(f"cannot hold {size} bytes in {folder}: {err.strerror}") from None
         db = _connect(folder)
         with db:
             db.execute("INSERT INTO volume VALUES (1, ?, ?, 1, 0, NULL)", (size, chunk_size))

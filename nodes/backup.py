@@ -82,6 +82,7 @@ class Backup:
             "node.status": self.status,
             "chunk.has_many": self.has_many,
             "chunk.put_many": self.put_many,
+            "chunk.sync": self.sync,
             "chunk.get_many": self.get_many,
             "chunk.delete_many": self.delete_many,
             "chunk.list": self.list_ids,
@@ -102,10 +103,13 @@ class Backup:
         return {"present": await self._run(self.store.has_many, ids)}
 
     async def put_many(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Store [id, blob] pairs durably; return how many were new."""
+        """Store [id, blob] pairs durably (``sync`` false: at the next sync); how many were new."""
         items = args.get("items")
         if not isinstance(items, list) or len(items) > MAX_ITEMS:
             raise InputError(f"items must be a list of at most {MAX_ITEMS} [id, blob] pairs")
+        sync = args.get("sync", True)
+        if not isinstance(sync, bool):
+            raise InputError("sync must be true or false")
         pairs: list[tuple[bytes, bytes]] = []
         for item in items:
             if not (
@@ -117,8 +121,13 @@ class Backup:
             if len(item[0]) != ID_SIZE:
                 raise InputError("a chunk id is 32 bytes")
             pairs.append((item[0], item[1]))
-        stored = await self._run(self.store.put_many, pairs)
+        stored = await self._run(lambda: self.store.put_many(pairs, sync=sync))
         return {"stored": sum(1 for new in stored if new)}
+
+    async def sync(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Make every chunk stored so far durable (after puts with ``sync`` false)."""
+        await self._run(self.store.sync)
+        return {}
 
     async def get_many(self, args: dict[str, Any]) -> dict[str, Any]:
         """Blobs by id; None for a missing or damaged copy (a damaged one is quarantined)."""

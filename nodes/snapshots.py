@@ -16,6 +16,7 @@ from ledger.errors import NotFound, VmsnapError
 from ledger.service import Ledger
 from nodes.activity import Activity, VmBusy
 from nodes.config import Config
+from nodes.errors import NodeError
 from nodes.gc import DataGate
 from nodes.manifest import snapshot_root
 from nodes.peers import Peers, node_names
@@ -116,9 +117,12 @@ class Snapshots:
         counts = self._progress.get(vm)
         if snapshot is None or counts is None:
             return {"snapshot": snapshot, "total": None, "done": 0}
-        reply = await self.peers.call(
-            self._transfer_node(vm), "transfer.progress", {"view": snapshot}
-        )
+        try:
+            reply = await self.peers.call(
+                self._transfer_node(vm), "transfer.progress", {"view": snapshot}
+            )
+        except NodeError:  # the snapshot itself reports the failure; a poll only shows progress
+            reply = {"bytes_read": 0}
         current = int(reply["bytes_read"] or 0)
         return {"snapshot": snapshot, "total": counts["total"], "done": counts["done"] + current}
 

@@ -66,7 +66,9 @@ class Pipeline:
     only those → push to their R nodes. Two storers take batches from one
     reader, so one batch's network waits overlap the other's hashing; at most
     five batches are in memory; hashing and compression run on a thread pool,
-    off the event loop.
+    off the event loop. Backup nodes write the copies back as they come and
+    make them durable with one sync each at the end of the pass, before the
+    pass returns (and so before any commit).
     """
 
     def __init__(self, peers: Peers, cluster: BackupCluster, codec: ChunkCodec) -> None:
@@ -88,11 +90,13 @@ class Pipeline:
         queue: asyncio.Queue[Batch | None] = asyncio.Queue(IN_FLIGHT)
         self.progress[source.view] = 0
         claimed: set[bytes] = set()
+        unsynced: dict[str, set[bytes]] = {}
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._read(source, since, queue))
                 for _worker in range(STORERS):
-                    group.create_task(self._store(queue, stats, source.view, claimed))
+                    group.create_task(self._store(queue, stats, source.view, claimed, unsynced))
+            await self.cluster.sync(unsynced)
         finally:
             self.progress.pop(source.view, None)
         stats.seconds = time.monotonic() - started
@@ -144,8 +148,13 @@ class Pipeline:
         stats: TransferStats,
         view: str,
         claimed: set[bytes],
+        unsynced: dict[str, set[bytes]],
     ) -> None:
-        """Store batches; `claimed` holds ids another storer of this pass is already storing."""
+        """Store batches; `claimed` holds ids another storer of this pass is already storing.
+
+        The copies are made durable once, for the whole pass, by `run`: a backup node
+        writes them back while the next batches arrive instead of waiting on each.
+        """
         while (item := await queue.get()) is not None:
             batch, plain_bytes = item
             keyed = await self._parallel(self._key, batch)
@@ -162,7 +171,7 @@ class Pipeline:
             stats.new_chunks += len(stored)
             stats.deduplicated += len(present) - len(stored)
             stats.bytes_stored += sum(len(b) for b in stored.values())
-            stats.copies_written += await self.cluster.put(stored, lacking)
+            stats.copies_written += await self.cluster.put(stored, lacking, unsynced)
             self.progress[view] = stats.bytes_read
 
     def _key(self, batch: list[tuple[int, bytes]]) -> list[tuple[int, bytes | None, bytes]]:

@@ -106,7 +106,7 @@ def stored(snap: dict[str, Any]) -> int:
 
 
 def run_vmsnap(
-    work: Path, image: Path, size: int, changes: list[tuple[int, bytes]]
+    work: Path, image: Path, size: int, changes: list[tuple[int, bytes]], encryption: bool
 ) -> dict[str, float]:
     folder = work / "deployment"
     subprocess.run(
@@ -116,6 +116,7 @@ def run_vmsnap(
         [sys.executable, "-m", "cli", "--config", str(folder / "vmsnap.toml"), "up"],
         check=True,
         capture_output=True,
+        env={**os.environ, "VMSNAP_STORAGE_ENCRYPTION": "true" if encryption else "false"},
     )
     try:
         vmsnap(
@@ -205,6 +206,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=2048)
     parser.add_argument("--fraction", type=float, default=0.01)
+    parser.add_argument("--encryption", action="store_true", help="encrypt chunks (AES-GCM)")
     args = parser.parse_args()
     if shutil.which("restic") is None or shutil.which("qemu-img") is None:
         raise SystemExit("restic and qemu-img are needed (Debian packages restic, qemu-utils)")
@@ -214,7 +216,7 @@ def main() -> None:
         image = work / "disk.raw"
         make_image(image, size)
         changes = rewrites(size, args.fraction)
-        ours = run_vmsnap(work, image, size, changes)
+        ours = run_vmsnap(work, image, size, changes, args.encryption)
         ref = run_restic(work, image, changes)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -235,7 +237,10 @@ def main() -> None:
         ),
         ("normal rollback / restic restore (s)", ours["rollback_s"], ref["restore_s"], ""),
     ]
-    print(f"disk {args.size_mib} MiB (40% zero, 30% text, 30% random); vmsnap R=2, restic 1 copy")
+    print(
+        f"disk {args.size_mib} MiB (40% zero, 30% text, 30% random); vmsnap R=2"
+        f"{', encrypted' if args.encryption else ''}, restic 1 copy"
+    )
     print(f"{'figure':44} {'vmsnap':>10} {'restic':>10} {'ratio':>7} {'goal':>7}")
     for label, mine, theirs, goal in rows:
         print(f"{label:44} {mine:10.2f} {theirs:10.2f} {mine / theirs:7.3f} {goal:>7}")

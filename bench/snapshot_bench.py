@@ -112,11 +112,13 @@ def run_vmsnap(
     subprocess.run(
         [sys.executable, "-m", "cli", "init", "--dir", str(folder)], check=True, capture_output=True
     )
+    if encryption:
+        toml = folder / "vmsnap.toml"
+        toml.write_text(toml.read_text().replace("encryption = false", "encryption = true", 1))
     subprocess.run(
         [sys.executable, "-m", "cli", "--config", str(folder / "vmsnap.toml"), "up"],
         check=True,
         capture_output=True,
-        env={**os.environ, "VMSNAP_STORAGE_ENCRYPTION": "true" if encryption else "false"},
     )
     try:
         vmsnap(

@@ -92,6 +92,7 @@ class Backup:
             "node.status": self.status,
             "chunk.has_many": self.has_many,
             "chunk.put_many": self.put_many,
+            "chunk.sync": self.sync,
             "chunk.get_many": self.get_many,
             "chunk.delete_many": self.delete_many,
             "chunk.list": self.list_ids,
@@ -112,10 +113,13 @@ class Backup:
         return {"present": await self._run(self.store.has_many, ids)}
 
     async def put_many(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Store [id, blob] pairs durably; return how many were new."""
+        """Store [id, blob] pairs durably (``sync`` false: at the next sync); how many were new."""
         items = args.get("items")
         if not isinstance(items, list) or len(items) > MAX_ITEMS:
             raise InputError(f"items must be a list of at most {MAX_ITEMS} [id, blob] pairs")
+        sync = args.get("sync", True)
+        if not isinstance(sync, bool):
+            raise InputError("sync must be true or false")
         pairs: list[tuple[bytes, bytes]] = []
         for item in items:
             if not (
@@ -132,10 +136,15 @@ class Backup:
                 record_check, self.config.node_dir(self.name), fingerprint(self._unchecked)
             )
             self._unchecked = None
-        stored = await self._run(self._put_within_quota, pairs)
+        stored = await self._run(self._put_within_quota, pairs, sync)
         return {"stored": sum(1 for new in stored if new)}
 
-    def _put_within_quota(self, pairs: list[tuple[bytes, bytes]]) -> list[bool]:
+    async def sync(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Make every chunk stored so far durable (after puts with ``sync`` false)."""
+        await self._run(self.store.sync)
+        return {}
+
+    def _put_within_quota(self, pairs: list[tuple[bytes, bytes]], sync: bool) -> list[bool]:
         """Store the pairs, refusing all of them if the new ones would pass the quota."""
         quota = self.config.storage.quota_bytes
         if quota:
@@ -144,7 +153,7 @@ class Backup:
             used = self.store.stats().pack_bytes
             if incoming and used + incoming > quota:
                 raise StorageFull(self.name, used, incoming, quota)
-        return self.store.put_many(pairs)
+        return self.store.put_many(pairs, sync=sync)
 
     async def get_many(self, args: dict[str, Any]) -> dict[str, Any]:
         """Blobs by id; None for a missing or damaged copy (a damaged one is quarantined)."""

@@ -327,7 +327,7 @@ class Business:
         return {"export": name, "serving": "volume"}
 
     async def read_chunks(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Up to 64 chunks of a view, by index."""
+        """Up to 64 chunks of a view, by index: ``b""`` for an all-zero one; their plain size."""
         _name, volume = self._volume(args)
         indexes = args.get("indexes")
         if not isinstance(indexes, list) or len(indexes) > MAX_CHUNKS_PER_CALL:
@@ -335,8 +335,9 @@ class Business:
         if not all(isinstance(i, int) and 0 <= i < volume.chunks for i in indexes):
             raise InputError("chunk index out of range")
         view = volume.view(text(args, "view"))
-        chunks = await asyncio.to_thread(lambda: [view.read_chunk(i) for i in indexes])
-        return {"chunks": chunks}
+        chunks = await asyncio.to_thread(view.read_chunks, indexes)
+        size, chunk = volume.size, volume.chunk_size
+        return {"chunks": chunks, "bytes": sum(min(chunk, size - i * chunk) for i in indexes)}
 
     async def allocated(self, args: dict[str, Any]) -> dict[str, Any]:
         """Indexes (from `start`, at most `limit`) of chunks holding data; the rest are holes."""

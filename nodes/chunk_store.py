@@ -149,13 +149,21 @@ class ChunkStore:
         with self._lock, self._guard():
             return self._put(chunk_id, blob)
 
-    def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> list[bool]:
-        """Put every (id, blob) pair, then sync; True for each newly stored chunk."""
+    def put_many(self, items: Iterable[tuple[bytes, bytes]], *, sync: bool = True) -> list[bool]:
+        """Put every (id, blob) pair, then sync; True for each newly stored chunk.
+
+        With ``sync=False`` the records are only handed to the kernel to write back, and
+        become durable with the next `sync`: a caller storing many batches syncs once.
+        """
         added = []
         for chunk_id, blob in items:
             with self._lock, self._guard():
                 added.append(self._put(chunk_id, blob))
-        self.sync()
+        if sync:
+            self.sync()
+        else:
+            with self._lock, self._guard():
+                self._packs.start_writeback()
         return added
 
     def sync(self) -> None:

@@ -84,6 +84,7 @@ class PackFiles:
         self.active: int | None = None
         self.end = 0
         self._unsynced = False
+        self._flushing = 0
         self._fds: OrderedDict[int, int] = OrderedDict()
 
     # -- appending -----------------------------------------------------------------------
@@ -104,7 +105,7 @@ class PackFiles:
 
     def activate(self, pack: int, end: int) -> None:
         """Append to `pack` from `end` on."""
-        self.active, self.end = pack, end
+        self.active, self.end, self._flushing = pack, end, end
         self.fd(self.active, writable=True)
 
     def stop_appending_to(self, pack: int) -> None:
@@ -133,6 +134,18 @@ class PackFiles:
         if self.active is not None and self._unsynced:
             os.fsync(self._fds[self.active])
         self._unsynced = False
+        self._flushing = self.end
+
+    def start_writeback(self) -> None:
+        """Let the kernel start writing the records appended since the last call, not waiting.
+
+        A later `sync` then has little left to write; the pages also leave the cache
+        once written (a backup node rarely reads a chunk it has just stored).
+        """
+        if self.active is not None and self.end > self._flushing:
+            fd = self._fds[self.active]
+            os.posix_fadvise(fd, self._flushing, self.end - self._flushing, os.POSIX_FADV_DONTNEED)
+            self._flushing = self.end
 
     # -- reading and scanning ------------------------------------------------------------
 

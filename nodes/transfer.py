@@ -22,6 +22,8 @@ from nodes.request_args import integer, text
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 A = TypeVar("A")
 B = TypeVar("B")
+Batch = tuple[list[tuple[int, bytes]], int]
+"""Chunks read from a view (index, plaintext; ``b""`` when all zero) and their plain bytes."""
 BATCH = 64
 READ_CALL = 16
 IN_FLIGHT = 3
@@ -65,7 +67,9 @@ class Pipeline:
     only those → push to their R nodes. Two storers take batches from one
     reader, so one batch's network waits overlap the other's hashing; at most
     five batches are in memory; hashing and compression run on a thread pool,
-    off the event loop.
+    off the event loop. Backup nodes write the copies back as they come and
+    make them durable with one sync each at the end of the pass, before the
+    pass returns (and so before any commit).
     """
 
     def __init__(self, peers: Peers, cluster: BackupCluster, codec: ChunkCodec) -> None:
@@ -84,14 +88,16 @@ class Pipeline:
         started = time.monotonic()
         self.cluster.down.clear()
         stats = TransferStats()
-        queue: asyncio.Queue[list[tuple[int, bytes]] | None] = asyncio.Queue(IN_FLIGHT)
+        queue: asyncio.Queue[Batch | None] = asyncio.Queue(IN_FLIGHT)
         self.progress[source.view] = 0
         claimed: set[bytes] = set()
+        unsynced: dict[str, set[bytes]] = {}
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._read(source, since, queue))
                 for _worker in range(STORERS):
-                    group.create_task(self._store(queue, stats, source.view, claimed))
+                    group.create_task(self._store(queue, stats, source.view, claimed, unsynced))
+            await self.cluster.sync(unsynced)
         except* VmsnapError as failed:
             raise first_error(failed) from None  # the cause, not "unhandled errors in a TaskGroup"
         finally:
@@ -103,7 +109,7 @@ class Pipeline:
         self,
         source: Source,
         since: int | None,
-        queue: asyncio.Queue[list[tuple[int, bytes]] | None],
+        queue: asyncio.Queue[Batch | None],
     ) -> None:
         start = 0
         while True:
@@ -113,39 +119,50 @@ class Pipeline:
             page = await self.peers.call(source.node, "volume.changed", args)
             indexes: list[int] = page["indexes"]
             for i in range(0, len(indexes), BATCH):
-                wanted = indexes[i : i + BATCH]
-                await queue.put(
-                    list(zip(wanted, await self._read_chunks(source, wanted), strict=True))
-                )
+                await queue.put(await self._read_batch(source, indexes[i : i + BATCH]))
             if not page["more"] or not indexes:
                 break
             start = indexes[-1] + 1
         for _worker in range(STORERS):
             await queue.put(None)
 
-    async def _read_chunks(self, source: Source, wanted: list[int]) -> list[bytes]:
-        """Read in small calls, so the business node never stalls its VMs' I/O for long."""
-        chunks: list[bytes] = []
-        for i in range(0, len(wanted), READ_CALL):
-            part = wanted[i : i + READ_CALL]
-            reply = await self.peers.call(
-                source.node, "volume.read_chunks", {**source.args(), "indexes": part}
+    async def _read_batch(self, source: Source, wanted: list[int]) -> Batch:
+        """Read in small calls, so the business node never stalls its VMs' I/O for long.
+
+        The calls of one batch are in flight together: the business node reads one
+        while it sends another, and the round trips overlap.
+        """
+        replies = await asyncio.gather(
+            *(
+                self.peers.call(
+                    source.node,
+                    "volume.read_chunks",
+                    {**source.args(), "indexes": wanted[i : i + READ_CALL]},
+                )
+                for i in range(0, len(wanted), READ_CALL)
             )
-            chunks.extend(reply["chunks"])
-        return chunks
+        )
+        chunks = [chunk for reply in replies for chunk in reply["chunks"]]
+        return list(zip(wanted, chunks, strict=True)), sum(int(r["bytes"]) for r in replies)
 
     async def _store(
         self,
-        queue: asyncio.Queue[list[tuple[int, bytes]] | None],
+        queue: asyncio.Queue[Batch | None],
         stats: TransferStats,
         view: str,
         claimed: set[bytes],
+        unsynced: dict[str, set[bytes]],
     ) -> None:
-        """Store batches; `claimed` holds ids another storer of this pass is already storing."""
-        while (batch := await queue.get()) is not None:
+        """Store batches; `claimed` holds ids another storer of this pass is already storing.
+
+        The copies are made durable once, for the whole pass, by `run`: a backup node
+        writes them back while the next batches arrive instead of waiting on each.
+        """
+        while (item := await queue.get()) is not None:
+            batch, plain_bytes = item
             keyed = await self._parallel(self._key, batch)
             stats.chunks_read += len(batch)
-            stats.bytes_read += sum(len(data) for _idx, data in batch)
+            stats.bytes_read += plain_bytes
             present = {idx: cid for idx, cid, _data in keyed if cid is not None}
             stats.zero_chunks += len(batch) - len(present)
             stats.chunk_map.update({idx: present.get(idx) for idx, _data in batch})
@@ -157,7 +174,7 @@ class Pipeline:
             stats.new_chunks += len(stored)
             stats.deduplicated += len(present) - len(stored)
             stats.bytes_stored += sum(len(b) for b in stored.values())
-            stats.copies_written += await self.cluster.put(stored, lacking)
+            stats.copies_written += await self.cluster.put(stored, lacking, unsynced)
             self.progress[view] = stats.bytes_read
 
     def _key(self, batch: list[tuple[int, bytes]]) -> list[tuple[int, bytes | None, bytes]]:

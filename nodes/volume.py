@@ -7,11 +7,14 @@ import os
 import shutil
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from nodes.blockdev import Extent
+from nodes.chunks import is_zero
 from nodes.errors import VolumeError
+from nodes.frozen_view import FrozenView
 from nodes.sparse import extents, zero_range
 
 DEFAULT_CHUNK = 64 * 1024
@@ -278,6 +281,39 @@ class Volume:
             return bytes(self._chunk_len(idx))
         return os.pread(self._cow, self._chunk_len(idx), kept[0])
 
+    def read_view_chunks(self, gen: int, indexes: Sequence[int]) -> list[bytes]:
+        """Chunks `indexes` as the view frozen at `gen` sees them; ``b""`` for all-zero ones.
+
+        One index query for the lot and one read per run of neighbouring chunks the
+        view shares with the live file; runs that are holes are not read at all.
+        """
+        with self._lock:
+            marks = ",".join("?" * len(indexes))
+            written = dict(
+                self._db.execute(f"SELECT idx, gen FROM chunks WHERE idx IN ({marks})", indexes)
+            )
+            shared = [i for i in indexes if written.get(i, 0) <= gen]
+            found = self._read_runs(shared)
+        for idx in indexes:
+            if idx not in found:
+                found[idx] = self.read_view_chunk(gen, idx)
+        return [b"" if is_zero(found[i]) else found[i] for i in indexes]
+
+    def _read_runs(self, indexes: list[int]) -> dict[int, bytes]:
+        """Live chunks by index, read run by run (holes skipped); the lock is held."""
+        found: dict[int, bytes] = {}
+        for run in _runs(indexes):
+            start = run[0] * self.chunk_size
+            end = min((run[-1] + 1) * self.chunk_size, self._size)
+            if _no_data(self._data, start, end):
+                found.update((i, b"") for i in run)
+                continue
+            data = self.read_live(start, end - start)
+            for i in run:
+                offset = i * self.chunk_size - start
+                found[i] = data[offset : offset + self.chunk_size]
+        return found
+
     # -- internals --------------------------------------------------------------
 
     def _check(self, offset: int, length: int) -> None:
@@ -327,64 +363,23 @@ class Volume:
         self._db.executemany("DELETE FROM preserved WHERE idx = ? AND gen_from = ?", dead)
 
 
-class FrozenView:
-    """A read-only block device over a volume's frozen view."""
+def _runs(indexes: list[int]) -> list[list[int]]:
+    """Sorted, distinct `indexes` cut into runs of consecutive ones."""
+    runs: list[list[int]] = []
+    for idx in sorted(set(indexes)):
+        if runs and runs[-1][-1] == idx - 1:
+            runs[-1].append(idx)
+        else:
+            runs.append([idx])
+    return runs
 
-    def __init__(self, volume: Volume, name: str, generation: int) -> None:
-        self.volume = volume
-        self.name = name
-        self.generation = generation
 
-    @property
-    def size(self) -> int:
-        """Size of the volume."""
-        return self.volume.size
-
-    @property
-    def read_only(self) -> bool:
-        """Views are never written."""
+def _no_data(fd: int, start: int, end: int) -> bool:
+    """True when the sparse file has only holes from `start` to `end`."""
+    try:
+        return os.lseek(fd, start, os.SEEK_DATA) >= end
+    except OSError:  # ENXIO: no data at or after `start`
         return True
-
-    def read_chunk(self, idx: int) -> bytes:
-        """Chunk `idx` as frozen."""
-        return self.volume.read_view_chunk(self.generation, idx)
-
-    def read_range(self, offset: int, length: int) -> bytes:
-        """Read any range of the view."""
-        if offset < 0 or length < 0 or offset + length > self.size:
-            raise VolumeError(f"range {offset}+{length} is outside the view ({self.size} bytes)")
-        chunk = self.volume.chunk_size
-        out = bytearray()
-        position = offset
-        while position < offset + length:
-            idx, within = divmod(position, chunk)
-            piece = self.read_chunk(idx)[within : within + offset + length - position]
-            out += piece
-            position += len(piece)
-        return bytes(out)
-
-    async def read(self, offset: int, length: int) -> bytes:
-        """Read as frozen."""
-        return self.read_range(offset, length)
-
-    async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
-        """Refuse: views are read-only."""
-        raise VolumeError("a frozen view is read-only")
-
-    async def write_zeroes(self, offset: int, length: int, may_trim: bool = True) -> None:
-        """Refuse: views are read-only."""
-        raise VolumeError("a frozen view is read-only")
-
-    async def trim(self, offset: int, length: int) -> None:
-        """Refuse: views are read-only."""
-        raise VolumeError("a frozen view is read-only")
-
-    async def flush(self) -> None:
-        """Nothing to flush."""
-
-    async def block_status(self, offset: int, length: int) -> list[Extent]:
-        """Report everything as data (a view does not track holes)."""
-        return [Extent(min(length, self.size - offset), 0)]
 
 
 def _connect(folder: Path) -> sqlite3.Connection:

@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nodes.config import load_config
+from nodes.errors import RemoteError
 from nodes.peers import Peers, node_names
 from nodes.replication import BackupCluster
 from tests.cli.conftest import Deployment, make_deployment
@@ -199,6 +202,40 @@ def test_transfer_stores_the_frozen_view_not_later_writes(net: Deployment) -> No
     again = _transfer(net, "v2")
     assert [idx for idx, _cid in again["chunk_map"]] == [0]
     _call(net, "business-1", "volume.release", {**target, "view": "v2"})
+
+
+def _committed_copies(net: Deployment, chunk_id: bytes) -> int:
+    """On how many backup nodes a chunk's index row is committed (read by another connection)."""
+    query = "SELECT COUNT(*) FROM chunks WHERE id = ?"
+    found = 0
+    for node in ("backup-1", "backup-2", "backup-3"):
+        index = net.root / "data" / "nodes" / node / "chunks" / "index.sqlite"
+        with closing(sqlite3.connect(f"file:{index}?mode=ro", uri=True)) as db:
+            found += int(db.execute(query, (chunk_id,)).fetchone()[0])
+    return found
+
+
+def test_a_transfer_returns_with_every_new_copy_committed_on_r_backup_nodes(
+    net: Deployment,
+) -> None:
+    url = _url(net)
+    target = {"vm": "web-01", "resource_id": "root", "view": "durable"}
+    qemu_io(url, "write -P 0x5a 4M 192k", "write -P 0x5b 6M 64k", "flush")
+    _call(net, "business-1", "volume.freeze", target)
+    try:
+        result = _transfer(net, "durable", since=0)
+    finally:
+        _call(net, "business-1", "volume.release", target)
+    ids = {cid for idx, cid in result["chunk_map"] if cid is not None and idx in (64, 96)}
+    assert len(ids) == 2 and result["new_chunks"] >= 2
+    assert [_committed_copies(net, cid) for cid in sorted(ids)] == [2, 2]
+
+
+def test_a_put_with_a_sync_flag_that_is_not_a_boolean_is_refused(net: Deployment) -> None:
+    item = [bytes(32), b"blob"]
+    with pytest.raises(RemoteError, match="sync must be true or false"):
+        _call(net, "backup-1", "chunk.put_many", {"items": [item], "sync": "later"})
+    assert _call(net, "backup-1", "chunk.has_many", {"ids": [bytes(32)]})["present"] == [False]
 
 
 def _backup_ids(net: Deployment) -> list[bytes]:

@@ -240,6 +240,25 @@ def test_unsynced_puts_that_reached_the_pack_are_recovered(folder: Path, tmp_pat
         assert store.stats().garbage_bytes == 0
 
 
+def test_puts_without_sync_are_durable_at_the_next_sync_and_recovered_before_it(
+    folder: Path, tmp_path: Path
+) -> None:
+    items = [chunk(n) for n in range(6)]
+    with ChunkStore(folder) as store:
+        assert store.put_many(items[:3], sync=False) == [True] * 3
+        shutil.copytree(folder, tmp_path / "before")
+        store.put_many(items[3:], sync=False)
+        store.sync()
+        shutil.copytree(folder, tmp_path / "after")
+
+    with ChunkStore(tmp_path / "before") as store:
+        assert store.recovery.reindexed == 3
+        assert [store.get(cid) == blob for cid, blob in items[:3]] == [True] * 3
+    with ChunkStore(tmp_path / "after") as store:
+        assert store.recovery.reindexed == 0
+        assert [store.get(cid) == blob for cid, blob in items] == [True] * 6
+
+
 def test_a_crash_after_compaction_committed_leaves_no_trace(
     folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

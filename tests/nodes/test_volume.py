@@ -250,6 +250,24 @@ def test_a_chunk_never_written_before_the_freeze_reads_as_zeros_in_the_view(
     assert volume.read_live(3 * 64 * KiB, 64 * KiB) == pattern(10, 64 * KiB)
 
 
+def test_chunks_read_in_one_batch_equal_the_view_with_zero_chunks_empty(volume: Volume) -> None:
+    write_chunks(volume, [0, 1, 2, 4, 5, 6])
+    volume.zero_live(2 * 64 * KiB, 64 * KiB)
+    volume.write_live(6 * 64 * KiB, bytes(64 * KiB))
+    volume.freeze("snap")
+    write_chunks(volume, [1, 3, 9], seed=50)
+    volume.zero_live(4 * 64 * KiB, 64 * KiB)
+    view = volume.view("snap")
+    wanted = [9, 0, 1, 2, 3, 4, 5, 6, 7, 15]
+
+    batch = view.read_chunks(wanted)
+
+    singly = [view.read_chunk(i) for i in wanted]
+    assert batch == [b"" if chunk == bytes(64 * KiB) else chunk for chunk in singly]
+    assert [i for i, chunk in zip(wanted, batch, strict=True) if chunk] == [0, 1, 4, 5]
+    assert batch[2] == pattern(1, 64 * KiB) and batch[5] == pattern(4, 64 * KiB)
+
+
 def test_zeroing_and_trimming_after_a_freeze_is_preserved_in_the_view(volume: Volume) -> None:
     old = pattern(3, MiB)
     volume.write_live(0, old)

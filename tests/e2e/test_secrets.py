@@ -56,7 +56,9 @@ def test_no_secret_or_key_appears_in_logs_run_files_or_output(tmp_path: Path) ->
     assert init.exit_code == 0, init.output
     log = Transcript(Deployment(root, CliRunner()))
     log.outputs.append(("init", init.output))
-    secrets = {**forms(root / "secret"), **forms(root / "operator.key"), **forms(root / "data.key")}
+    secrets: dict[str, bytes] = {}
+    for name in ("secret", "admin.key", "operator.key", "deleter.key", "data.key"):
+        secrets.update(forms(root / name))
     passphrase_file = tmp_path / "passphrase.txt"
     passphrase_file.write_text(PASSPHRASE + "\n")
     secrets["passphrase"] = PASSPHRASE.encode()

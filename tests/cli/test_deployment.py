@@ -121,6 +121,6 @@ def test_a_boolean_setting_is_overridden_from_the_environment(deployment: Deploy
     )
     assert result.exit_code == 2
     assert (
-        result.output
-        == "error: configuration VMSNAP_CHAIN_REPLICAS: 'maybe' is not true or false\n"
+        result.output == "error: configuration VMSNAP_CHAIN_REPLICAS: 'maybe' is not a boolean:"
+        " use true or false\n"
     )

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from nodes.clock import ManualClock
 from nodes.config import load_config
 from nodes.controller import Controller
 from tests.cli.conftest import Deployment, make_deployment
@@ -30,38 +31,14 @@ UTC = dt.UTC
 MiB = 1 << 20
 
 
-class SteppingClock:
+class SteppingClock(ManualClock):
     """A manual clock that, unlike `nodes.clock.ManualClock`, may be set backwards."""
-
-    def __init__(self, start: dt.datetime) -> None:
-        self._now = start
-        self._moved = asyncio.Event()
-
-    def now(self) -> dt.datetime:
-        """The instant last set."""
-        return self._now
-
-    def timestamp(self) -> float:
-        """The instant last set, in Unix seconds."""
-        return self._now.timestamp()
 
     def set(self, instant: dt.datetime) -> None:
         """Move to `instant`, forwards or backwards, and wake every waiter."""
-        self._now = instant
+        self._now = instant.astimezone(UTC)
         self._moved.set()
         self._moved = asyncio.Event()
-
-    async def wait(self, until: dt.datetime | None, wakeup: asyncio.Event) -> None:
-        """Return when the clock moved or `wakeup` is set (callers recheck the time)."""
-        if until is not None and self._now >= until:
-            return
-        moved = asyncio.ensure_future(self._moved.wait())
-        woken = asyncio.ensure_future(wakeup.wait())
-        try:
-            await asyncio.wait({moved, woken}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            moved.cancel()
-            woken.cancel()
 
 
 @pytest.fixture(scope="module")

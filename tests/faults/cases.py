@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from nodes.crashpoints import CRASH_ENV
@@ -61,10 +62,15 @@ class CrashPlan:
         """After a case's workflow: check its crash point killed only its victim, restart it."""
         self.pending.discard((point, role))
         victim = VICTIMS[role]
-        killed = reap_killed(net)
-        assert killed == [victim], f"expected only {victim} killed, found {killed} down"
-        TALLY.fault(f"kill -9 {role} at a crash point")
-        up(net, {CRASH_ENV: self.spec()})
+        try:
+            # The command may answer (or give up waiting) before its node reaches the point.
+            with contextlib.suppress(AssertionError):
+                wait_for(f"{victim} to die at {point}", lambda: victim in reap_killed(net))
+            killed = reap_killed(net)
+            assert killed == [victim], f"expected only {victim} killed, found {killed} down"
+            TALLY.fault(f"kill -9 {role} at a crash point")
+        finally:
+            up(net, {CRASH_ENV: self.spec()})
 
 
 def take(net: Deployment, model: DiskModel) -> str:

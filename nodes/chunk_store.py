@@ -23,6 +23,7 @@ from nodes.packs import (
     RECORD_MAGIC,
     PackFiles,
     Place,
+    Record,
     record_checksum,
 )
 
@@ -147,7 +148,7 @@ class ChunkStore:
     def put(self, chunk_id: bytes, blob: bytes) -> bool:
         """Append `blob` unless the id is present; durable after the next `sync`."""
         with self._lock, self._guard():
-            return self._put(chunk_id, blob)
+            return self._put([(chunk_id, blob)])[0]
 
     def put_many(self, items: Iterable[tuple[bytes, bytes]], *, sync: bool = True) -> list[bool]:
         """Put every (id, blob) pair, then sync; True for each newly stored chunk.
@@ -155,14 +156,15 @@ class ChunkStore:
         With ``sync=False`` the records are only handed to the kernel to write back, and
         become durable with the next `sync`: a caller storing many batches syncs once.
         """
-        added = []
-        for chunk_id, blob in items:
+        pairs = list(items)
+        added: list[bool] = []
+        for start in range(0, len(pairs), _BATCH):
             with self._lock, self._guard():
-                added.append(self._put(chunk_id, blob))
-        if sync:
-            self.sync()
-        else:
-            with self._lock, self._guard():
+                added += self._put(pairs[start : start + _BATCH])
+        with self._lock, self._guard():
+            if sync:
+                self._sync()
+            else:
                 self._packs.start_writeback()
         return added
 
@@ -319,29 +321,58 @@ class ChunkStore:
 
     # -- writing -----------------------------------------------------------------------
 
-    def _put(self, chunk_id: bytes, blob: bytes) -> bool:
-        if len(chunk_id) != ID_SIZE or len(blob) > MAX_BLOB:
-            raise ValueError("a chunk id is 32 bytes and a blob at most 4 GiB - 1")
-        exists = self._db.execute("SELECT 1 FROM chunks WHERE id = ?", (chunk_id,)).fetchone()
-        if exists:
-            return False
-        self._append(chunk_id, blob, record_checksum(chunk_id, blob))
-        return True
-
-    def _append(self, chunk_id: bytes, blob: bytes, checksum: bytes) -> None:
-        """Write a record to the open pack and index it in the current transaction."""
-        size = RECORD.size + len(blob)
-        if self._packs.needs_roll(size):
-            self._roll()
-        pack, offset = self._packs.write(chunk_id, blob, checksum)
-        self._begin()
-        self._db.execute(
-            "INSERT INTO chunks (id, pack, offset, length, checksum) VALUES (?, ?, ?, ?, ?)",
-            (chunk_id, pack, offset, len(blob), checksum),
+    def _put(self, pairs: list[tuple[bytes, bytes]]) -> list[bool]:
+        """Append the blobs whose ids are neither stored nor earlier in `pairs`; which were."""
+        for chunk_id, blob in pairs:
+            if len(chunk_id) != ID_SIZE or len(blob) > MAX_BLOB:
+                raise ValueError("a chunk id is 32 bytes and a blob at most 4 GiB - 1")
+        marks = ",".join("?" * len(pairs))
+        rows = self._db.execute(
+            f"SELECT id FROM chunks WHERE id IN ({marks})", [chunk_id for chunk_id, _ in pairs]
         )
-        self._db.execute("UPDATE packs SET size = ? WHERE pack = ?", (offset + size, pack))
-        self._account(pack, len(blob), 1)
-        self._packs.advance(offset + size)
+        seen = {row[0] for row in rows}
+        added: list[bool] = []
+        records: list[Record] = []
+        for chunk_id, blob in pairs:
+            added.append(chunk_id not in seen)
+            if chunk_id not in seen:
+                seen.add(chunk_id)
+                records.append((chunk_id, blob, record_checksum(chunk_id, blob)))
+        self._append(records)
+        return added
+
+    def _append(self, records: list[Record]) -> None:
+        """Write records to the open pack, a run per system call, and index them."""
+        start = 0
+        while start < len(records):
+            if self._packs.needs_roll(RECORD.size + len(records[start][1])):
+                self._roll()
+            room = self._packs.limit - self._packs.end
+            stop, size = start + 1, RECORD.size + len(records[start][1])
+            while stop < len(records) and size + RECORD.size + len(records[stop][1]) <= room:
+                size += RECORD.size + len(records[stop][1])
+                stop += 1
+            self._append_run(records[start:stop])
+            start = stop
+
+    def _append_run(self, run: list[Record]) -> None:
+        """Write records that fit the open pack and index them in the current transaction."""
+        pack, offsets = self._packs.write(run)
+        end = offsets[-1] + RECORD.size + len(run[-1][1])
+        self._begin()
+        rows = [
+            (chunk_id, pack, at, len(blob), checksum)
+            for (chunk_id, blob, checksum), at in zip(run, offsets, strict=True)
+        ]
+        self._db.executemany(
+            "INSERT INTO chunks (id, pack, offset, length, checksum) VALUES (?, ?, ?, ?, ?)", rows
+        )
+        self._db.execute(
+            "UPDATE packs SET size = ?, live_bytes = live_bytes + ?,"
+            " live_chunks = live_chunks + ? WHERE pack = ?",
+            (end, end - offsets[0], len(run), pack),
+        )
+        self._packs.advance(end)
 
     def _roll(self) -> None:
         """Seal the open pack (fsync) and start the next one."""
@@ -393,7 +424,7 @@ class ChunkStore:
                 self._begin()
                 self._db.execute("DELETE FROM chunks WHERE id = ?", (place.chunk_id,))
                 self._account(pack, place.length, -1)
-                self._append(place.chunk_id, blob, place.checksum)
+                self._append([(place.chunk_id, blob, place.checksum)])
         self._db.execute("UPDATE packs SET retired = 1 WHERE pack = ?", (pack,))
         self._sync()
         self._drop_pack(pack, missing_ok=True)

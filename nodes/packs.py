@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,9 @@ RECORD = struct.Struct(">4s32sI32s")
 ID_SIZE = 32
 MAX_BLOB = 2**32 - 1
 _OPEN_PACKS = 32
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+Record = tuple[bytes, bytes, bytes]
+"""A record to write: chunk id, blob, checksum."""
 
 
 @dataclass(frozen=True)
@@ -113,16 +116,27 @@ class PackFiles:
         if pack == self.active:
             self.active = None
 
-    def write(self, chunk_id: bytes, blob: bytes, checksum: bytes) -> tuple[int, int]:
-        """Write a record at the open pack's end, cut off again if that fails; its place."""
+    def write(self, records: Sequence[Record]) -> tuple[int, list[int]]:
+        """Write records back to back at the open pack's end, cut off again if that fails.
+
+        Returns the pack and each record's offset. Headers and blobs go out together
+        in as few vectored writes as the system allows, the blobs never copied.
+        """
         assert self.active is not None
-        fd, offset = self._fds[self.active], self.end
+        fd, start = self._fds[self.active], self.end
+        parts: list[bytes] = []
+        offsets: list[int] = []
+        offset = start
+        for chunk_id, blob, checksum in records:
+            parts += (record_header(chunk_id, len(blob), checksum), blob)
+            offsets.append(offset)
+            offset += RECORD.size + len(blob)
         try:
-            _write_all(fd, [record_header(chunk_id, len(blob), checksum), blob], offset)
+            _write_all(fd, parts, start)
         except OSError:
-            os.ftruncate(fd, offset)
+            os.ftruncate(fd, start)
             raise
-        return self.active, offset
+        return self.active, offsets
 
     def advance(self, end: int) -> None:
         """Keep the records written up to `end`; they are fsynced by the next `sync`."""
@@ -228,15 +242,18 @@ class PackFiles:
 
 
 def _write_all(fd: int, parts: list[bytes], offset: int) -> None:
-    buffers: list[bytes | memoryview] = list(parts)
-    while buffers:
-        written = os.pwritev(fd, buffers, offset)
+    """Write `parts` at `offset` in order, in as few `pwritev` calls as IOV_MAX allows."""
+    first = 0
+    head: bytes | memoryview = parts[0] if parts else b""
+    while first < len(parts):
+        written = os.pwritev(fd, [head, *parts[first + 1 : first + _IOV_MAX]], offset)
         offset += written
-        while buffers and written >= len(buffers[0]):
-            written -= len(buffers[0])
-            buffers.pop(0)
-        if buffers and written:
-            buffers[0] = memoryview(buffers[0])[written:]
+        while first < len(parts) and written >= len(head):
+            written -= len(head)
+            first += 1
+            head = parts[first] if first < len(parts) else b""
+        if written:
+            head = memoryview(head)[written:]
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from nodes.chunk_store import PACK_MAGIC, RECORD, ChunkStore
 from nodes.errors import ChunkCorrupted, ChunkMissing, ChunkStoreError
+from nodes.packs import DEFAULT_PACK_LIMIT, PackFiles, Place, record_checksum
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,6 +107,19 @@ def test_a_full_pack_rolls_over_to_the_next(folder: Path) -> None:
         assert store.stats().packs == len(packs(folder)) == 4  # 3 records fit in a pack
         assert all(p.stat().st_size <= 64 * 1024 for p in packs(folder))
         assert all(store.get(cid) == blob for cid, blob in items)
+
+
+def test_a_write_of_more_records_than_one_system_call_takes_lands_whole(folder: Path) -> None:
+    items = [chunk(n, 40 + n % 7) for n in range(3000)]
+    (folder / "packs").mkdir(parents=True)
+    files = PackFiles(folder / "packs", DEFAULT_PACK_LIMIT)
+    files.activate(files.create(0), len(PACK_MAGIC))
+    pack, offsets = files.write([(cid, blob, record_checksum(cid, blob)) for cid, blob in items])
+
+    for (cid, blob), offset in zip(items, offsets, strict=True):
+        place = Place(cid, pack, offset, len(blob), record_checksum(cid, blob))
+        assert files.read(place) == blob
+    files.close()
 
 
 def test_a_blob_larger_than_the_pack_limit_gets_a_pack_of_its_own(folder: Path) -> None:

@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ledger_bench.py
 	$(BIN)/python bench/nbd_bench.py
 	$(BIN)/python bench/chunk_store_bench.py
+	$(BIN)/python bench/pipeline_bench.py
 	$(BIN)/python bench/chunk_size_bench.py
 	$(BIN)/python bench/storage_bench.py
 	$(BIN)/python bench/scheduler_bench.py

@@ -72,7 +72,7 @@ class ChunkCodec:
 
     is_zero = staticmethod(is_zero)
 
-    def __init__(self, key: bytes | None = None, level: int = 3) -> None:
+    def __init__(self, key: bytes | None = None, level: int = 1) -> None:
         if key is not None and len(key) != KEY_SIZE:
             raise ValueError(f"a deployment key is {KEY_SIZE} bytes, not {len(key)}")
         self.level = level

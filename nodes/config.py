@@ -113,7 +113,7 @@ class StorageConfig:
     """
 
     chunk_size: int = 64 * 1024
-    compression_level: int = 3
+    compression_level: int = 1
     encryption: bool = False
     background_nice: int = 10
     quota_bytes: int = 0

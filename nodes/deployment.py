@@ -59,7 +59,7 @@ replicas = 2                       # copies of every chunk on the backup cluster
 
 [storage]
 chunk_size = 65536                 # bytes; dirty tracking, dedup and transfer unit of new volumes
-compression_level = 3              # zstd level
+compression_level = 1              # zstd level
 encryption = {encryption}# encrypt chunks at rest with keys derived from data.key
 background_nice = 10               # CPU niceness of transfer and backup nodes: VM I/O comes first
 quota_bytes = 0                    # a backup node's store may hold at most this (0: no limit)

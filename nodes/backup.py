@@ -17,6 +17,7 @@ from nodes.config import Config
 from nodes.data_key import check_node, fingerprint, record_check
 from nodes.errors import ChunkCorrupted, ChunkMissing, StorageFull
 from nodes.mirror_service import MirrorService
+from nodes.packs import RECORD
 from nodes.peers import Peers, node_names
 from nodes.replication import BackupCluster
 from nodes.request_args import blobs, integer
@@ -149,7 +150,8 @@ class Backup:
         quota = self.config.storage.quota_bytes
         if quota:
             present = self.store.has_many(chunk_id for chunk_id, _blob in pairs)
-            incoming = sum(len(b) for (_c, b), held in zip(pairs, present, strict=True) if not held)
+            fresh = [b for (_c, b), held in zip(pairs, present, strict=True) if not held]
+            incoming = sum(RECORD.size + len(b) for b in fresh)
             used = self.store.stats().pack_bytes
             if incoming and used + incoming > quota:
                 raise StorageFull(self.name, used, incoming, quota)

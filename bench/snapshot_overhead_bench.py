@@ -4,7 +4,8 @@ On `vmsnap up`'s default network, a small VM gets a full snapshot, then
 `--rounds` incremental snapshots with nothing written in between. Prints the
 median wall seconds of:
 - `vmsnap snapshot create VM --json` as a user runs it (a new process each time);
-- the controller's workflow and each of its steps (from the controller's log);
+- the controller's workflow and each of its steps (from the controller's log,
+  when it logs them);
 - the references, in the same run: `python -c pass`, `vmsnap --help` and
   `vmsnap vm list --json` (start-up, imports, one round trip to the controller).
 
@@ -65,7 +66,7 @@ def measure(folder: Path, rounds: int) -> dict[str, list[float]]:
         ids.append(json.loads(output)["id"])
     logged = workflow_times(folder / "data" / "logs" / "controller.log")
     for snapshot in ids:
-        for step, seconds in logged[snapshot[:12]].items():
+        for step, seconds in logged.get(snapshot[:12], {}).items():
             figures.setdefault(f"  {step}", []).append(seconds)
     return figures
 

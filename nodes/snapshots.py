@@ -169,21 +169,27 @@ class Snapshots:
         self.activity.check(vm)
         if vm in self._releasing:
             raise VmBusy(vm, "snapshot", self._releasing[vm].get_name())
-        pending = await self._on_ledger(self.ledger.projection.snapshots, vm, "pending")
+        await self._on_ledger(self._check_recorded_idle, vm)
+
+    def _check_recorded_idle(self, vm: str) -> None:
+        """Refuse if the ledger shows a snapshot or rollback of `vm` left in flight."""
+        pending = self.ledger.projection.snapshots(vm, "pending")
         if pending:
             raise VmBusy(vm, "snapshot", pending[0]["id"])
-        running = await self._on_ledger(self.ledger.projection.rollbacks, vm, "running")
+        running = self.ledger.projection.rollbacks(vm, "running")
         if running:
             raise VmBusy(vm, "rollback", running[0]["id"])
 
-    async def _parent(self, vm: str) -> dict[str, Any] | None:
-        committed = await self._on_ledger(self.ledger.projection.snapshots, vm, "committed")
-        return committed[-1] if committed else None
+    def _parent_and_version(self, vm: str) -> tuple[dict[str, Any] | None, int]:
+        """The VM's newest committed snapshot (the next one's parent) and its stream version."""
+        projection = self.ledger.projection
+        parent = projection.latest_snapshot(vm, "committed")
+        return parent, projection.stream_version(events.vm_stream(vm))
 
     async def _run(
         self, vm: str, snapshot: str, disks: list[dict[str, Any]], times: StepTimes
     ) -> dict[str, Any]:
-        parent = await self._parent(vm)
+        parent, version = await self._on_ledger(self._parent_and_version, vm)
         subject = bytes.fromhex(snapshot)
         requested = events.SnapshotRequested(
             self.ledger.now_ms(),
@@ -192,7 +198,6 @@ class Snapshots:
             tuple(d["resource_id"] for d in disks),
             parent["id"] if parent else None,
         )
-        version = await self._version(vm)
         await self._append([Entry(requested, version, Fact(subject, SnapshotStatus.PENDING))])
         times.mark("request")
         crash_point("snapshot.requested", vm)

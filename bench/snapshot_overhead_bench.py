@@ -2,7 +2,8 @@
 
 On `vmsnap up`'s default network, a small VM gets a full snapshot, then
 `--rounds` incremental snapshots with nothing written in between. Prints the
-median wall seconds of:
+median wall seconds (and the command's own CPU seconds, steadier on a loaded
+machine) of:
 - `vmsnap snapshot create VM --json` as a user runs it (a new process each time);
 - the controller's workflow and each of its steps (from the controller's log,
   when it logs them);
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -27,11 +29,15 @@ from pathlib import Path
 STEP = re.compile(r"snapshot (\w+) of \S+ committed in ([\d.]+) s \((.*)\)")
 
 
-def timed(command: list[str]) -> tuple[float, str]:
-    """Wall seconds of `command`, and its stdout."""
+def timed(command: list[str]) -> tuple[float, float, str]:
+    """Wall and CPU seconds of `command` (the process only, not the nodes it calls), its stdout."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=True)
-    return time.perf_counter() - started, done.stdout
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return wall, cpu, done.stdout
 
 
 def workflow_times(log: Path) -> dict[str, dict[str, float]]:
@@ -46,28 +52,30 @@ def workflow_times(log: Path) -> dict[str, dict[str, float]]:
     return found
 
 
-def measure(folder: Path, rounds: int) -> dict[str, list[float]]:
-    """Run the references and the empty incrementals; every figure, in seconds."""
+def measure(folder: Path, rounds: int) -> dict[str, tuple[list[float], list[float]]]:
+    """Run the references and the empty incrementals: wall and CPU seconds of each figure."""
     vmsnap = [sys.executable, "-m", "cli", "--config", str(folder / "vmsnap.toml")]
     register = ["vm", "register", "small", "--ip", "10.0.0.1", "--disk", "system:root:64M"]
     timed([*vmsnap, *register])
     timed([*vmsnap, "snapshot", "create", "small", "--json"])
-    figures: dict[str, list[float]] = {}
+    figures: dict[str, tuple[list[float], list[float]]] = {}
     ids = []
     for _ in range(rounds):
         for name, command in (
             ("python -c pass", [sys.executable, "-c", "pass"]),
             ("vmsnap --help", [*vmsnap, "--help"]),
             ("vmsnap vm list --json", [*vmsnap, "vm", "list", "--json"]),
+            ("snapshot create --json", [*vmsnap, "snapshot", "create", "small", "--json"]),
         ):
-            figures.setdefault(name, []).append(timed(command)[0])
-        seconds, output = timed([*vmsnap, "snapshot", "create", "small", "--json"])
-        figures.setdefault("snapshot create --json", []).append(seconds)
+            wall, cpu, output = timed(command)
+            walls, cpus = figures.setdefault(name, ([], []))
+            walls.append(wall)
+            cpus.append(cpu)
         ids.append(json.loads(output)["id"])
     logged = workflow_times(folder / "data" / "logs" / "controller.log")
     for snapshot in ids:
         for step, seconds in logged.get(snapshot[:12], {}).items():
-            figures.setdefault(f"  {step}", []).append(seconds)
+            figures.setdefault(f"  {step}", ([], []))[0].append(seconds)
     return figures
 
 
@@ -93,9 +101,10 @@ def main() -> None:
                 [sys.executable, "-m", "cli", *config, "down"], capture_output=True, check=False
             )
     print(f"empty incremental snapshot of a 64 MiB disk, median of {args.rounds} rounds")
-    print(f"{'figure':32} {'median s':>9} {'min s':>7}")
-    for name, values in figures.items():
-        print(f"{name:32} {statistics.median(values):9.3f} {min(values):7.3f}")
+    print(f"{'figure':32} {'median s':>9} {'min s':>7} {'CPU s':>7}")
+    for name, (walls, cpus) in figures.items():
+        cpu = f"{statistics.median(cpus):7.3f}" if cpus else f"{'':7}"
+        print(f"{name:32} {statistics.median(walls):9.3f} {min(walls):7.3f} {cpu}")
 
 
 if __name__ == "__main__":

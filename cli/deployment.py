@@ -127,7 +127,6 @@ def _detail(row: dict[str, Any]) -> str:
     return ""
 
 
-def register(app: typer.Typer) -> None:
-    """Add these commands at the top level of `app`."""
-    for command in (init, up, down, status):
-        app.command()(command)
+app = typer.Typer(help="A deployment and its local network (top-level commands).")
+for command in (init, up, down, status):
+    app.command()(command)

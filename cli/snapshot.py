@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.render import byte_progress, emit_json, out, short, table, when
+from cli.render import byte_progress, emit_json, out, progress_shown, short, table, when
 from cli.state import state
 from ledger.errors import InputError, VmsnapError
 from ledger.sizes import format_size
@@ -41,11 +41,14 @@ def create(
 ) -> None:
     """Take a snapshot: frozen at once, processed into the backup cluster, committed on chain."""
     api = ControllerApi(state(ctx).config())
-    with byte_progress(quiet=json) as bar:
-        task = bar.add_task(f"snapshot {vm}", total=None)
-        snap = api.create_snapshot(
-            vm, disk or [], lambda done, total: bar.update(task, completed=done, total=total)
-        )
+    if progress_shown(quiet=json):
+        with byte_progress() as bar:
+            task = bar.add_task(f"snapshot {vm}", total=None)
+            snap = api.create_snapshot(
+                vm, disk or [], lambda done, total: bar.update(task, completed=done, total=total)
+            )
+    else:
+        snap = api.create_snapshot(vm, disk or [])
     if json:
         emit_json(snap)
         return

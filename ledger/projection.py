@@ -129,6 +129,18 @@ class Projection:
                 query = query.where(SnapshotRow.status == status)
             return [_snapshot_dict(session, row) for row in session.execute(query).scalars()]
 
+    def latest_snapshot(self, vm: str, status: str) -> dict[str, Any] | None:
+        """The VM's newest snapshot in `status`, or None."""
+        with Session(self._engine) as session:
+            query = (
+                select(SnapshotRow)
+                .where(SnapshotRow.vm == vm, SnapshotRow.status == status)
+                .order_by(SnapshotRow.requested_seq.desc())
+                .limit(1)
+            )
+            row = session.execute(query).scalars().first()
+            return _snapshot_dict(session, row) if row else None
+
     def rollbacks(self, vm: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
         """Rollbacks oldest first, optionally of one VM or in one status."""
         with Session(self._engine) as session:

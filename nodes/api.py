@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ledger.events import Disk
 from nodes.client import NodeClient, call_sync
 from nodes.config import Config
 from nodes.network import controller
+
+if TYPE_CHECKING:
+    from ledger.events import Disk
 
 SNAPSHOT_TIMEOUT = 6 * 3600.0
 POLL = 0.25
@@ -53,9 +55,15 @@ class ControllerApi:
         return self._call("disk.locate", {"vm": vm, "resource_id": resource_id})
 
     def create_snapshot(
-        self, vm: str, disks: Sequence[str], progress: Callable[[int, int | None], None]
+        self,
+        vm: str,
+        disks: Sequence[str],
+        progress: Callable[[int, int | None], None] | None = None,
     ) -> dict[str, Any]:
-        """Run a snapshot, reporting (bytes done, bytes expected) while it runs."""
+        """Run a snapshot, reporting (bytes done, bytes expected) while it runs if asked."""
+        if progress is None:
+            args = {"vm": vm, "disks": list(disks)}
+            return dict(self._call("snapshot.create", args, SNAPSHOT_TIMEOUT)["snapshot"])
         return dict(asyncio.run(self._snapshot_with_progress(vm, list(disks), progress)))
 
     async def _snapshot_with_progress(

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, get_type_hints
 
 from ledger.chain import ChainSettings
 from ledger.errors import ConfigError, InputError
-from nodes.data_key import parse_key
 
 if TYPE_CHECKING:
     import ssl
@@ -204,6 +203,8 @@ class Config:
         """The key chunk ids and encryption keys derive from; None when encryption is off."""
         if not self.storage.encryption:
             return None
+        from nodes.data_key import parse_key  # the chunk codec's imports, only when a key is read
+
         return parse_key(_read_secret(self.data_key_path, "data key"))
 
     def secret(self) -> bytes:

@@ -52,6 +52,24 @@ def new_snapshot_id(vm: str) -> str:
     return blake3.blake3(f"{vm}\0{time.time_ns()}".encode() + os.urandom(16)).hexdigest()
 
 
+class StepTimes:
+    """Wall seconds of each step of one snapshot, for the controller's log."""
+
+    def __init__(self) -> None:
+        self._start = self._last = time.perf_counter()
+        self._steps: list[str] = []
+
+    def mark(self, step: str) -> None:
+        """End `step` now."""
+        now = time.perf_counter()
+        self._steps.append(f"{step} {now - self._last:.3f}")
+        self._last = now
+
+    def summary(self) -> str:
+        """Total seconds, then each step's."""
+        return f"{self._last - self._start:.3f} s ({', '.join(self._steps)})"
+
+
 class Snapshots:
     """The snapshot saga, run by the controller.
 
@@ -104,17 +122,21 @@ class Snapshots:
 
     async def create(self, vm: str, disks: list[str] | None = None) -> dict[str, Any]:
         """Take a snapshot of `disks` (default: all) of `vm`; return the committed snapshot."""
+        times = StepTimes()
         shown = await self.places.place(vm)
         chosen = [d for d in shown["disks"] if not disks or d["resource_id"] in disks]
         for name in disks or []:
             if name not in {d["resource_id"] for d in shown["disks"]}:
                 raise UnknownDisk(vm, name)
         await self._check_idle(vm)
+        times.mark("check")
         snapshot = new_snapshot_id(vm)
         try:
             with self.activity.claim(vm, "snapshot", snapshot):
                 async with self.gate.snapshot():
-                    return await self._run(vm, snapshot, chosen)
+                    found = await self._run(vm, snapshot, chosen, times)
+            log.info("snapshot %s of %s committed in %s", snapshot[:12], vm, times.summary())
+            return found
         finally:
             self._progress.pop(vm, None)
 
@@ -147,19 +169,27 @@ class Snapshots:
         self.activity.check(vm)
         if vm in self._releasing:
             raise VmBusy(vm, "snapshot", self._releasing[vm].get_name())
-        pending = await self._on_ledger(self.ledger.projection.snapshots, vm, "pending")
+        await self._on_ledger(self._check_recorded_idle, vm)
+
+    def _check_recorded_idle(self, vm: str) -> None:
+        """Refuse if the ledger shows a snapshot or rollback of `vm` left in flight."""
+        pending = self.ledger.projection.snapshots(vm, "pending")
         if pending:
             raise VmBusy(vm, "snapshot", pending[0]["id"])
-        running = await self._on_ledger(self.ledger.projection.rollbacks, vm, "running")
+        running = self.ledger.projection.rollbacks(vm, "running")
         if running:
             raise VmBusy(vm, "rollback", running[0]["id"])
 
-    async def _parent(self, vm: str) -> dict[str, Any] | None:
-        committed = await self._on_ledger(self.ledger.projection.snapshots, vm, "committed")
-        return committed[-1] if committed else None
+    def _parent_and_version(self, vm: str) -> tuple[dict[str, Any] | None, int]:
+        """The VM's newest committed snapshot (the next one's parent) and its stream version."""
+        projection = self.ledger.projection
+        parent = projection.latest_snapshot(vm, "committed")
+        return parent, projection.stream_version(events.vm_stream(vm))
 
-    async def _run(self, vm: str, snapshot: str, disks: list[dict[str, Any]]) -> dict[str, Any]:
-        parent = await self._parent(vm)
+    async def _run(
+        self, vm: str, snapshot: str, disks: list[dict[str, Any]], times: StepTimes
+    ) -> dict[str, Any]:
+        parent, version = await self._on_ledger(self._parent_and_version, vm)
         subject = bytes.fromhex(snapshot)
         requested = events.SnapshotRequested(
             self.ledger.now_ms(),
@@ -168,11 +198,12 @@ class Snapshots:
             tuple(d["resource_id"] for d in disks),
             parent["id"] if parent else None,
         )
-        version = await self._version(vm)
         await self._append([Entry(requested, version, Fact(subject, SnapshotStatus.PENDING))])
+        times.mark("request")
         crash_point("snapshot.requested", vm)
         try:
             frozen = [await self._freeze(vm, snapshot, d) for d in disks]
+            times.mark("freeze")
             crash_point("snapshot.frozen", vm)
             self._progress[vm] = {"total": self._estimate(frozen, parent), "done": 0}
             processed = []
@@ -180,8 +211,10 @@ class Snapshots:
                 processed.append(await self._process(vm, snapshot, d, f, parent))
                 self._progress[vm]["done"] += processed[-1].bytes_read
             root = snapshot_root({p.resource_id: bytes.fromhex(p.root) for p in processed})
+            times.mark("process")
             crash_point("snapshot.processed", vm)
             await self._commit(vm, snapshot, frozen, processed, root, version + 1)
+            times.mark("commit")
         except VmsnapError as err:
             await self._undo(vm, snapshot, disks, str(err))
             raise SnapshotFailedError(snapshot, str(err)) from err
@@ -191,7 +224,9 @@ class Snapshots:
         except VmsnapError as err:
             log.warning("snapshot %s of %s committed; release retried: %s", snapshot[:12], vm, err)
             self._release_later(vm, snapshot, disks)
+        times.mark("release")
         found = await self._on_ledger(self.ledger.projection.find_snapshots, snapshot)
+        times.mark("read")
         return dict(found[0])
 
     async def _freeze(self, vm: str, snapshot: str, disk: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ledger import events, vm
-from ledger.contract import Entry, LedgerRecord
+from ledger.contract import Entry, Fact, LedgerRecord, SnapshotStatus
 from ledger.errors import LedgerCorrupted, LedgerError
 from ledger.projection import Projection
 from ledger.service import Ledger
@@ -285,3 +285,36 @@ def test_unusable_database_url_is_a_one_line_ledger_error(url: str) -> None:
 
     assert caught.value.message.startswith(f"cannot open the projection database {url}: ")
     assert "\n" not in caught.value.message
+
+
+def commit_snapshot(ledger: Ledger, snapshot: str) -> None:
+    """Record a snapshot of web, requested and committed (web registered on first use)."""
+    if ledger.projection.vm("web") is None:
+        ledger.append([Entry(registration("web", "10.0.0.1"), 0)])
+    version = ledger.projection.stream_version(events.vm_stream("web"))
+    subject, root = bytes.fromhex(snapshot), "ab" * 32
+    ledger.append(
+        [
+            Entry(
+                events.SnapshotRequested(2_000, snapshot, "web", ("root",), None),
+                version,
+                Fact(subject, SnapshotStatus.PENDING),
+            ),
+            Entry(
+                events.SnapshotCommitted(2_000, snapshot, "web", root),
+                version + 1,
+                Fact(subject, SnapshotStatus.COMMITTED, bytes.fromhex(root)),
+            ),
+        ]
+    )
+
+
+def test_latest_snapshot_is_the_newest_of_that_vm_in_that_status(ledger: Ledger) -> None:
+    commit_snapshot(ledger, "01" * 32)
+    commit_snapshot(ledger, "02" * 32)
+
+    newest = ledger.projection.latest_snapshot("web", "committed")
+    assert newest is not None and newest["id"] == "02" * 32
+    assert newest == ledger.projection.snapshots("web", "committed")[-1]
+    assert ledger.projection.latest_snapshot("web", "pending") is None
+    assert ledger.projection.latest_snapshot("db", "committed") is None

@@ -23,7 +23,7 @@ from typing import Any
 from ledger.errors import VmsnapError
 from nodes.auth import authenticate_server
 from nodes.errors import AuthenticationFailed, ProtocolError, RemoteError, RequestTimeout
-from nodes.wire import MAX_FRAME, encode_frame, read_frame
+from nodes.wire import MAX_FRAME, encode_parts, read_frame, send_parts
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 """Serves one operation: takes the request's args, returns the result map."""
@@ -64,10 +64,10 @@ class _Connection:
         self.timeout = timeout
         self._lock = asyncio.Lock()
 
-    async def send(self, frame: bytes) -> None:
+    async def send(self, frame: tuple[bytes, bytes]) -> None:
         """Write one whole frame; frames of concurrent answers never interleave."""
         async with self._lock, asyncio.timeout(self.timeout):
-            self.writer.write(frame)
+            send_parts(self.writer, frame)
             await self.writer.drain()
 
 
@@ -207,10 +207,10 @@ class NodeServer:
         """Run one request and send its answer."""
         answer = await self._run(request, connection.peer)
         try:
-            frame = encode_frame(answer, connection.max_frame)
+            frame = encode_parts(answer, connection.max_frame)
         except ProtocolError as err:
             log.exception("answer to %s from %s cannot be sent", request.op, connection.peer)
-            frame = encode_frame(self._internal_error(request.id, err), connection.max_frame)
+            frame = encode_parts(self._internal_error(request.id, err), connection.max_frame)
         await connection.send(frame)
 
     async def _run(self, request: Request, peer: str) -> dict[str, Any]:

@@ -37,6 +37,16 @@ _SCALARS = (str, bytes, bool, float, type(None))
 
 def encode_frame(message: Mapping[str, Any], max_frame: int = MAX_FRAME) -> bytes:
     """Return ``message`` as a frame: length header plus CBOR body."""
+    header, body = encode_parts(message, max_frame)
+    return header + body
+
+
+def encode_parts(message: Mapping[str, Any], max_frame: int = MAX_FRAME) -> tuple[bytes, bytes]:
+    """Return the length header and the CBOR body of ``message``'s frame, apart.
+
+    A transport sends the two without joining them, so a large body is never copied
+    into a second buffer just to put four bytes in front of it.
+    """
     if not all(isinstance(key, str) for key in message):
         raise ProtocolError("frame keys must be strings")
     _check_plain(message, distinct=False)
@@ -46,7 +56,7 @@ def encode_frame(message: Mapping[str, Any], max_frame: int = MAX_FRAME) -> byte
         raise ProtocolError(f"message cannot be encoded: {err}") from err
     if len(body) > max_frame:
         raise ProtocolError(f"frame of {len(body)} bytes exceeds the maximum of {max_frame}")
-    return _HEADER.pack(len(body)) + body
+    return _HEADER.pack(len(body)), body
 
 
 def decode_body(body: bytes) -> dict[str, Any]:
@@ -101,8 +111,18 @@ async def write_frame(
     writer: asyncio.StreamWriter, message: Mapping[str, Any], max_frame: int = MAX_FRAME
 ) -> None:
     """Send ``message`` as one frame and wait until the transport accepted it."""
-    writer.write(encode_frame(message, max_frame))
+    send_parts(writer, encode_parts(message, max_frame))
     await writer.drain()
+
+
+def send_parts(writer: asyncio.StreamWriter, parts: tuple[bytes, bytes]) -> None:
+    """Hand a frame's header and body to the transport, one write each.
+
+    ``writelines`` would join them first (Python 3.11); a body the socket takes whole is
+    not copied at all.
+    """
+    for part in parts:
+        writer.write(part)
 
 
 def _check_plain(value: object, *, distinct: bool) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -33,6 +34,7 @@ _HEADER = struct.Struct(">I")
 _INT_MIN = -(2**64)
 _INT_MAX = 2**64 - 1
 _SCALARS = (str, bytes, bool, float, type(None))
+_PLAIN_SCALARS = frozenset(_SCALARS)
 
 
 def encode_frame(message: Mapping[str, Any], max_frame: int = MAX_FRAME) -> bytes:
@@ -126,23 +128,38 @@ def send_parts(writer: asyncio.StreamWriter, parts: tuple[bytes, bytes]) -> None
 
 
 def _check_plain(value: object, *, distinct: bool) -> None:
-    """Raise ProtocolError unless ``value`` is plain data (with no container met twice)."""
+    """Raise ProtocolError unless ``value`` is plain data (with no container met twice).
+
+    Containers wait on a stack and their members are checked in place, so a long list of
+    scalars (chunk blobs, ids, indexes) costs one type lookup per member.
+    """
     seen: set[int] = set()
-    stack = [value]
+    stack: list[list[Any] | dict[Any, Any]] = []
+    _check_member(value, stack)
     while stack:
-        item = stack.pop()
-        if isinstance(item, int) and not isinstance(item, bool):
-            if not _INT_MIN <= item <= _INT_MAX:
-                raise ProtocolError("integer does not fit in 64 bits")
-        elif isinstance(item, _SCALARS):
-            continue
-        elif isinstance(item, list | dict):
-            if distinct:
-                if id(item) in seen:
-                    raise ProtocolError("value is shared or refers to itself")
-                seen.add(id(item))
-            stack.extend(item)
-            if isinstance(item, dict):
-                stack.extend(item.values())
-        else:
-            raise ProtocolError(f"a {type(item).__name__} is not plain data")
+        container = stack.pop()
+        if distinct:
+            if id(container) in seen:
+                raise ProtocolError("value is shared or refers to itself")
+            seen.add(id(container))
+        members = (
+            itertools.chain(container, container.values())
+            if isinstance(container, dict)
+            else container
+        )
+        for item in members:
+            kind = type(item)
+            if kind in _PLAIN_SCALARS or (kind is int and _INT_MIN <= item <= _INT_MAX):
+                continue
+            _check_member(item, stack)
+
+
+def _check_member(item: object, stack: list[list[Any] | dict[Any, Any]]) -> None:
+    """Push a container on ``stack``; raise ProtocolError for a value that is not plain."""
+    if isinstance(item, int) and not isinstance(item, bool):
+        if not _INT_MIN <= item <= _INT_MAX:
+            raise ProtocolError("integer does not fit in 64 bits")
+    elif isinstance(item, list | dict):
+        stack.append(item)
+    elif not isinstance(item, _SCALARS):
+        raise ProtocolError(f"a {type(item).__name__} is not plain data")

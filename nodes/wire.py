@@ -26,6 +26,7 @@ from typing import Any
 import cbor2
 
 from nodes.errors import ProtocolError
+from nodes.frame_stream import FrameStream
 
 MAX_FRAME = 16 * 1024 * 1024
 """Default largest body, in bytes, a frame may carry."""
@@ -38,27 +39,26 @@ _PLAIN_SCALARS = frozenset(_SCALARS)
 
 
 def encode_frame(message: Mapping[str, Any], max_frame: int = MAX_FRAME) -> bytes:
-    """Return ``message`` as a frame: length header plus CBOR body."""
-    header, body = encode_parts(message, max_frame)
-    return header + body
+    """Return ``message`` as a frame: length header plus CBOR body.
 
-
-def encode_parts(message: Mapping[str, Any], max_frame: int = MAX_FRAME) -> tuple[bytes, bytes]:
-    """Return the length header and the CBOR body of ``message``'s frame, apart.
-
-    A transport sends the two without joining them, so a large body is never copied
-    into a second buffer just to put four bytes in front of it.
+    The body is encoded behind a placeholder header that is then filled in, so a large
+    body is never copied a second time to put four bytes in front of it.
     """
     if not all(isinstance(key, str) for key in message):
         raise ProtocolError("frame keys must be strings")
     _check_plain(message, distinct=False)
+    frame = io.BytesIO()
+    frame.write(bytes(_HEADER.size))
     try:
-        body = cbor2.dumps(dict(message))
+        cbor2.CBOREncoder(frame).encode(dict(message))
     except (cbor2.CBOREncodeError, TypeError, ValueError) as err:
         raise ProtocolError(f"message cannot be encoded: {err}") from err
-    if len(body) > max_frame:
-        raise ProtocolError(f"frame of {len(body)} bytes exceeds the maximum of {max_frame}")
-    return _HEADER.pack(len(body)), body
+    length = frame.tell() - _HEADER.size
+    if length > max_frame:
+        raise ProtocolError(f"frame of {length} bytes exceeds the maximum of {max_frame}")
+    with frame.getbuffer() as view:
+        _HEADER.pack_into(view, 0, length)
+    return frame.getvalue()
 
 
 def decode_body(body: bytes) -> dict[str, Any]:
@@ -79,13 +79,19 @@ def decode_body(body: bytes) -> dict[str, Any]:
 
 
 async def read_frame(
-    reader: asyncio.StreamReader, max_frame: int = MAX_FRAME, *, body_timeout: float | None = None
+    reader: asyncio.StreamReader | FrameStream,
+    max_frame: int = MAX_FRAME,
+    *,
+    body_timeout: float | None = None,
 ) -> dict[str, Any] | None:
     """Read one frame; None when the peer closed the stream cleanly between frames.
 
     The header may be awaited indefinitely (an idle peer is legal); once it has arrived,
     the body must follow within ``body_timeout`` seconds.
     """
+    if isinstance(reader, FrameStream):
+        body = await reader.read_body(max_frame, body_timeout)
+        return None if body is None else decode_body(body)
     try:
         header = await reader.readexactly(_HEADER.size)
     except asyncio.IncompleteReadError as err:
@@ -110,21 +116,13 @@ async def read_frame(
 
 
 async def write_frame(
-    writer: asyncio.StreamWriter, message: Mapping[str, Any], max_frame: int = MAX_FRAME
+    writer: asyncio.StreamWriter | FrameStream,
+    message: Mapping[str, Any],
+    max_frame: int = MAX_FRAME,
 ) -> None:
     """Send ``message`` as one frame and wait until the transport accepted it."""
-    send_parts(writer, encode_parts(message, max_frame))
+    writer.write(encode_frame(message, max_frame))
     await writer.drain()
-
-
-def send_parts(writer: asyncio.StreamWriter, parts: tuple[bytes, bytes]) -> None:
-    """Hand a frame's header and body to the transport, one write each.
-
-    ``writelines`` would join them first (Python 3.11); a body the socket takes whole is
-    not copied at all.
-    """
-    for part in parts:
-        writer.write(part)
 
 
 def _check_plain(value: object, *, distinct: bool) -> None:

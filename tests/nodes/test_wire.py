@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nodes.errors import ProtocolError
-from nodes.wire import MAX_FRAME, decode_body, encode_frame, encode_parts, read_frame
+from nodes.wire import MAX_FRAME, decode_body, encode_frame, read_frame
 
 
 def read_from(
@@ -42,15 +42,6 @@ def test_frame_round_trips_plain_data() -> None:
     }
 
     assert read_from(encode_frame(message)) == message
-
-
-def test_frame_parts_are_the_header_and_the_body_of_the_frame() -> None:
-    message = {"id": 1, "result": {"chunks": [b"x" * 65536, b""]}}
-
-    header, body = encode_parts(message)
-
-    assert header + body == encode_frame(message)
-    assert struct.unpack(">I", header) == (len(body),)
 
 
 def test_two_frames_in_a_row_are_read_one_at_a_time() -> None:

@@ -23,6 +23,7 @@ import secrets
 from typing import Any
 
 from nodes.errors import AuthenticationFailed, ProtocolError, RequestTimeout
+from nodes.frame_stream import FrameStream
 from nodes.wire import read_frame, write_frame
 
 PROTOCOL = "vmsnap/1"
@@ -36,8 +37,8 @@ _MAX_NAME = 128
 
 
 async def authenticate_server(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
+    reader: asyncio.StreamReader | FrameStream,
+    writer: asyncio.StreamWriter | FrameStream,
     secret: bytes,
     node_name: str,
     timeout: float,
@@ -64,8 +65,8 @@ async def authenticate_server(
 
 
 async def authenticate_client(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
+    reader: asyncio.StreamReader | FrameStream,
+    writer: asyncio.StreamWriter | FrameStream,
     secret: bytes,
     client_name: str,
     timeout: float,
@@ -98,7 +99,7 @@ def _proof(secret: bytes, label: bytes, first: bytes, second: bytes) -> bytes:
     return hmac.digest(secret, label + first + second, hashlib.sha256)
 
 
-async def _read_handshake(reader: asyncio.StreamReader) -> dict[str, Any]:
+async def _read_handshake(reader: asyncio.StreamReader | FrameStream) -> dict[str, Any]:
     """Read one handshake frame; a closed stream is a protocol violation here."""
     frame = await read_frame(reader, HANDSHAKE_MAX_FRAME)
     if frame is None:

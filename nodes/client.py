@@ -10,6 +10,7 @@ from typing import Any, Self
 
 from nodes.auth import authenticate_client
 from nodes.errors import NodeError, NodeUnreachable, ProtocolError, RemoteError, RequestTimeout
+from nodes.frame_stream import FrameStream
 from nodes.wire import MAX_FRAME, read_frame, write_frame
 
 
@@ -40,7 +41,7 @@ class NodeClient:
         self._secret = secret
         self._last_id = 0
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._writer: asyncio.StreamWriter | None = None
+        self._writer: FrameStream | None = None
         self._write_lock = asyncio.Lock()
         self._reader_task: asyncio.Task[None] | None = None
         self._lost: NodeError | None = None
@@ -68,22 +69,23 @@ class NodeClient:
             return
         try:
             async with asyncio.timeout(self.timeout):
-                reader, writer = await asyncio.open_connection(self.host, self.port)
+                loop = asyncio.get_running_loop()
+                _transport, stream = await loop.create_connection(FrameStream, self.host, self.port)
         except TimeoutError as err:
             raise self._unreachable(f"no connection within {self.timeout:g} s") from err
         except OSError as err:
             raise self._unreachable(err.strerror or str(err)) from err
         try:
             self.peer = await authenticate_client(
-                reader, writer, self._secret, self.name, self.timeout
+                stream, stream, self._secret, self.name, self.timeout
             )
         except BaseException as err:
-            await _close_writer(writer, self.timeout)
+            await _close_writer(stream, self.timeout)
             if isinstance(err, OSError):
                 raise self._unreachable(err.strerror or str(err)) from err
             raise
-        self._writer = writer
-        self._reader_task = asyncio.create_task(self._read_answers(reader))
+        self._writer = stream
+        self._reader_task = asyncio.create_task(self._read_answers(stream))
 
     async def call(
         self, op: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
@@ -127,7 +129,7 @@ class NodeClient:
             await _close_writer(self._writer, self.timeout)
             self._writer = None
 
-    async def _read_answers(self, reader: asyncio.StreamReader) -> None:
+    async def _read_answers(self, reader: FrameStream) -> None:
         """Hand every answer frame to the call waiting for its id, until the stream ends."""
         try:
             while True:
@@ -196,7 +198,7 @@ def _result(reply: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-async def _close_writer(writer: asyncio.StreamWriter, timeout: float) -> None:
+async def _close_writer(writer: FrameStream, timeout: float) -> None:
     """Close a connection and wait, within ``timeout``, until its transport is gone."""
     writer.close()
     with contextlib.suppress(OSError):  # includes TimeoutError

@@ -23,6 +23,7 @@ from typing import Any
 from ledger.errors import VmsnapError
 from nodes.auth import authenticate_server
 from nodes.errors import AuthenticationFailed, ProtocolError, RemoteError, RequestTimeout
+from nodes.frame_stream import FrameStream
 from nodes.wire import MAX_FRAME, encode_frame, read_frame
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -55,9 +56,7 @@ class Request:
 class _Connection:
     """The write side of one authenticated connection, shared by its request tasks."""
 
-    def __init__(
-        self, writer: asyncio.StreamWriter, peer: str, max_frame: int, timeout: float
-    ) -> None:
+    def __init__(self, writer: FrameStream, peer: str, max_frame: int, timeout: float) -> None:
         self.writer = writer
         self.peer = peer
         self.max_frame = max_frame
@@ -95,7 +94,7 @@ class NodeServer:
         self._max_frame = max_frame
         self._timeout = timeout
         self._server: asyncio.Server | None = None
-        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._connections: dict[asyncio.Task[None], FrameStream] = {}
         self._closing = False
         self._address: tuple[str, int] | None = None
 
@@ -104,7 +103,10 @@ class NodeServer:
         if self._closing:
             raise RuntimeError(f"node server {self.name} is closed")
         if self._address is None:
-            self._server = await asyncio.start_server(self._accept, self._host, self._port)
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(
+                lambda: FrameStream(self._accept), self._host, self._port
+            )
             host, port = self._server.sockets[0].getsockname()[:2]
             self._address = str(host), int(port)
         return self._address
@@ -140,13 +142,13 @@ class NodeServer:
         if self._server is not None:
             await self._server.wait_closed()
 
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _accept(self, stream: FrameStream) -> None:
         """Serve a new connection in a task owned by this server (close() cancels it)."""
         if self._closing:
-            writer.close()
+            stream.close()
             return
-        task = asyncio.create_task(self._connection(reader, writer))
-        self._connections[task] = writer
+        task = asyncio.create_task(self._connection(stream))
+        self._connections[task] = stream
         task.add_done_callback(self._forget)
 
     def _forget(self, task: asyncio.Task[None]) -> None:
@@ -155,27 +157,25 @@ class NodeServer:
         if not task.cancelled() and (err := task.exception()) is not None:
             log.error("connection task failed", exc_info=err)
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _connection(self, stream: FrameStream) -> None:
         """Serve one connection from handshake to close."""
         try:
-            await self._serve(reader, writer, _address(writer))
+            await self._serve(stream, _address(stream))
         finally:
-            await self._close_writer(writer)
+            await self._close_writer(stream)
 
-    async def _close_writer(self, writer: asyncio.StreamWriter) -> None:
+    async def _close_writer(self, writer: FrameStream) -> None:
         """Close a connection's transport and wait, within the timeout, until it is gone."""
         writer.close()
         with contextlib.suppress(OSError):  # includes TimeoutError
             async with asyncio.timeout(self._timeout):
                 await writer.wait_closed()
 
-    async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str
-    ) -> None:
+    async def _serve(self, stream: FrameStream, address: str) -> None:
         """Authenticate the peer, then answer its requests until it leaves or misbehaves."""
         try:
             client = await authenticate_server(
-                reader, writer, self._secret, self.name, self._timeout
+                stream, stream, self._secret, self.name, self._timeout
             )
         except (AuthenticationFailed, ProtocolError, RequestTimeout) as err:
             log.warning("rejected connection from %s: %s", address, err)
@@ -185,15 +185,15 @@ class NodeServer:
             return
         peer = f"{client} at {address}"
         log.debug("authenticated %s", peer)
-        connection = _Connection(writer, peer, self._max_frame, self._timeout)
+        connection = _Connection(stream, peer, self._max_frame, self._timeout)
         try:
-            await self._serve_requests(reader, connection)
+            await self._serve_requests(stream, connection)
         except* ProtocolError as group:
             log.warning("closing connection from %s: %s", peer, group.exceptions[0])
         except* (OSError, TimeoutError) as group:
             log.info("connection from %s lost: %r", peer, group.exceptions[0])
 
-    async def _serve_requests(self, reader: asyncio.StreamReader, connection: _Connection) -> None:
+    async def _serve_requests(self, reader: FrameStream, connection: _Connection) -> None:
         """Read requests and run each as a task owned by this connection."""
         async with asyncio.TaskGroup() as requests:
             while True:
@@ -246,7 +246,7 @@ def _error(request_id: int, kind: str, message: str, exit_code: int) -> dict[str
     return {"id": request_id, "error": {"kind": kind, "message": message, "exit_code": exit_code}}
 
 
-def _address(writer: asyncio.StreamWriter) -> str:
+def _address(writer: FrameStream) -> str:
     """Return the peer address of a connection as host:port."""
     peername = writer.get_extra_info("peername")
     if isinstance(peername, tuple) and len(peername) >= 2:

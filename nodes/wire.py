@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import cbor2
 
 from nodes.errors import ProtocolError
+from nodes.frame_stream import FrameStream
 
 MAX_FRAME = 16 * 1024 * 1024
 """Default largest body, in bytes, a frame may carry."""
@@ -33,20 +35,30 @@ _HEADER = struct.Struct(">I")
 _INT_MIN = -(2**64)
 _INT_MAX = 2**64 - 1
 _SCALARS = (str, bytes, bool, float, type(None))
+_PLAIN_SCALARS = frozenset(_SCALARS)
 
 
 def encode_frame(message: Mapping[str, Any], max_frame: int = MAX_FRAME) -> bytes:
-    """Return ``message`` as a frame: length header plus CBOR body."""
+    """Return ``message`` as a frame: length header plus CBOR body.
+
+    The body is encoded behind a placeholder header that is then filled in, so a large
+    body is never copied a second time to put four bytes in front of it.
+    """
     if not all(isinstance(key, str) for key in message):
         raise ProtocolError("frame keys must be strings")
     _check_plain(message, distinct=False)
+    frame = io.BytesIO()
+    frame.write(bytes(_HEADER.size))
     try:
-        body = cbor2.dumps(dict(message))
+        cbor2.CBOREncoder(frame).encode(dict(message))
     except (cbor2.CBOREncodeError, TypeError, ValueError) as err:
         raise ProtocolError(f"message cannot be encoded: {err}") from err
-    if len(body) > max_frame:
-        raise ProtocolError(f"frame of {len(body)} bytes exceeds the maximum of {max_frame}")
-    return _HEADER.pack(len(body)) + body
+    length = frame.tell() - _HEADER.size
+    if length > max_frame:
+        raise ProtocolError(f"frame of {length} bytes exceeds the maximum of {max_frame}")
+    with frame.getbuffer() as view:
+        _HEADER.pack_into(view, 0, length)
+    return frame.getvalue()
 
 
 def decode_body(body: bytes) -> dict[str, Any]:
@@ -67,13 +79,19 @@ def decode_body(body: bytes) -> dict[str, Any]:
 
 
 async def read_frame(
-    reader: asyncio.StreamReader, max_frame: int = MAX_FRAME, *, body_timeout: float | None = None
+    reader: asyncio.StreamReader | FrameStream,
+    max_frame: int = MAX_FRAME,
+    *,
+    body_timeout: float | None = None,
 ) -> dict[str, Any] | None:
     """Read one frame; None when the peer closed the stream cleanly between frames.
 
     The header may be awaited indefinitely (an idle peer is legal); once it has arrived,
     the body must follow within ``body_timeout`` seconds.
     """
+    if isinstance(reader, FrameStream):
+        body = await reader.read_body(max_frame, body_timeout)
+        return None if body is None else decode_body(body)
     try:
         header = await reader.readexactly(_HEADER.size)
     except asyncio.IncompleteReadError as err:
@@ -98,7 +116,9 @@ async def read_frame(
 
 
 async def write_frame(
-    writer: asyncio.StreamWriter, message: Mapping[str, Any], max_frame: int = MAX_FRAME
+    writer: asyncio.StreamWriter | FrameStream,
+    message: Mapping[str, Any],
+    max_frame: int = MAX_FRAME,
 ) -> None:
     """Send ``message`` as one frame and wait until the transport accepted it."""
     writer.write(encode_frame(message, max_frame))
@@ -106,23 +126,38 @@ async def write_frame(
 
 
 def _check_plain(value: object, *, distinct: bool) -> None:
-    """Raise ProtocolError unless ``value`` is plain data (with no container met twice)."""
+    """Raise ProtocolError unless ``value`` is plain data (with no container met twice).
+
+    Containers wait on a stack and their members are checked in place, so a long list of
+    scalars (chunk blobs, ids, indexes) costs one type lookup per member.
+    """
     seen: set[int] = set()
-    stack = [value]
+    stack: list[list[Any] | dict[Any, Any]] = []
+    _check_member(value, stack)
     while stack:
-        item = stack.pop()
-        if isinstance(item, int) and not isinstance(item, bool):
-            if not _INT_MIN <= item <= _INT_MAX:
-                raise ProtocolError("integer does not fit in 64 bits")
-        elif isinstance(item, _SCALARS):
-            continue
-        elif isinstance(item, list | dict):
-            if distinct:
-                if id(item) in seen:
-                    raise ProtocolError("value is shared or refers to itself")
-                seen.add(id(item))
-            stack.extend(item)
-            if isinstance(item, dict):
-                stack.extend(item.values())
-        else:
-            raise ProtocolError(f"a {type(item).__name__} is not plain data")
+        container = stack.pop()
+        if distinct:
+            if id(container) in seen:
+                raise ProtocolError("value is shared or refers to itself")
+            seen.add(id(container))
+        members = (
+            itertools.chain(container, container.values())
+            if isinstance(container, dict)
+            else container
+        )
+        for item in members:
+            kind = type(item)
+            if kind in _PLAIN_SCALARS or (kind is int and _INT_MIN <= item <= _INT_MAX):
+                continue
+            _check_member(item, stack)
+
+
+def _check_member(item: object, stack: list[list[Any] | dict[Any, Any]]) -> None:
+    """Push a container on ``stack``; raise ProtocolError for a value that is not plain."""
+    if isinstance(item, int) and not isinstance(item, bool):
+        if not _INT_MIN <= item <= _INT_MAX:
+            raise ProtocolError("integer does not fit in 64 bits")
+    elif isinstance(item, list | dict):
+        stack.append(item)
+    elif not isinstance(item, _SCALARS):
+        raise ProtocolError(f"a {type(item).__name__} is not plain data")

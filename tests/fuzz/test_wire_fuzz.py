@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from nodes.errors import ProtocolError
 from nodes.wire import decode_body, read_frame
 from tests.fuzz.tally import fuzz, ran
+from tests.nodes.loopback import read_from_stream_reader, read_over_loopback
 
 SMALL_FRAME = 64 * 1024
 MEMORY_SLACK = 8 << 20
@@ -199,3 +200,15 @@ def test_a_stream_of_lying_frames_yields_plain_maps_or_a_protocol_error(data: by
     ran("wire: frame streams")
     for frame in read_stream(data):
         check_decoded(frame)
+
+
+@fuzz(100)
+@given(streams(), st.integers(1, 70))
+@example(struct.pack(">I", 10) + b"\xa0", 1)  # a body cut short, one byte at a time
+def test_a_frame_stream_connection_reads_what_a_stream_reader_reads(
+    data: bytes, piece: int
+) -> None:
+    ran("wire: frame streams over loopback")
+    expected = read_from_stream_reader(data, SMALL_FRAME, body_timeout=1)
+    over_loopback = read_over_loopback(data, SMALL_FRAME, piece=piece, body_timeout=1)
+    assert asyncio.run(over_loopback) == expected

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from ledger.vm import check_disk_size, check_resource_id, check_vm_name
 from nodes.blockdev import STATE_HOLE
 from nodes.chunks import ChunkCodec, is_zero
 from nodes.config import Config
+from nodes.errors import VolumeError
 from nodes.nbd import NbdServer
 from nodes.nbd_tls import check_exposure
 from nodes.peers import Peers
@@ -34,6 +36,10 @@ MAX_IO = 4 * 1024 * 1024
 MAX_CHUNKS_PER_CALL = 64
 MIN_CHUNK = 4096
 MAX_CHUNK = 64 * 1024
+CHECKPOINT_EVERY = 2.0
+"""Seconds between checkpoints of the volumes' metadata logs."""
+SWITCH_INTERVAL = 0.0005
+"""How long a thread may hold the GIL while another waits for it (Python's default: 5 ms)."""
 
 
 def export_name(vm: str, resource_id: str) -> str:
@@ -81,12 +87,16 @@ class Business:
         )
         self.nbd_port = 0
         self._cleanup: asyncio.Task[int] | None = None
+        self._checkpoints: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, config: Config, name: str) -> Business:
         """Open every volume and start the NBD server."""
+        # A thread reading chunks for a snapshot must not keep a VM's request waiting long.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         node = cls(config, name)
         _host, node.nbd_port = await node.nbd.start()
+        node._checkpoints = asyncio.create_task(node._checkpoint_volumes())
         if node.replica is not None:
             node.replica.start_catch_up(node.peers)
         return node
@@ -103,12 +113,21 @@ class Business:
         """Release, in the background, the views of snapshots finished while this node was down."""
         self._cleanup = asyncio.create_task(release_stale_views(self.volumes, self.peers))
 
+    async def _checkpoint_volumes(self) -> None:
+        """Fold the volumes' metadata logs into their databases, away from the write path."""
+        while True:
+            await asyncio.sleep(CHECKPOINT_EVERY)
+            for volume in list(self.volumes.values()):
+                with contextlib.suppress(VolumeError):
+                    await asyncio.to_thread(volume.checkpoint)
+
     async def close(self) -> None:
         """Stop serving, make writes durable and close the volumes."""
-        if self._cleanup is not None:
-            self._cleanup.cancel()
-            with contextlib.suppress(asyncio.CancelledError, VmsnapError):
-                await self._cleanup
+        for task in (self._cleanup, self._checkpoints):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, VmsnapError):
+                    await task
         await self.nbd.close()
         await self.peers.close()
         if self.replica is not None:

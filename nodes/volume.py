@@ -61,6 +61,10 @@ class Volume:
     every frozen view still reads what it froze and no written chunk is
     missing from the dirty set. ``flush`` makes everything durable.
 
+    Commits on the write path only append to SQLite's write-ahead log: the log is
+    copied back into ``meta.sqlite`` (a checkpoint, which fsyncs) by ``checkpoint``,
+    on its own connection, never by a write.
+
     Dirty tracking: the chunks changed since the base generation (that of the
     last committed snapshot's view) are those whose generation is newer.
     """
@@ -81,6 +85,7 @@ class Volume:
         self._fresh = bytearray(-(-self.chunks // 8))
         self._views: dict[str, int] = dict(db.execute("SELECT name, gen FROM views"))
         self._lock = threading.Lock()
+        self._checkpointer = sqlite3.connect(folder / "meta.sqlite", check_same_thread=False)
 
     @classmethod
     def create(cls, folder: Path, size: int, chunk_size: int = DEFAULT_CHUNK) -> Volume:
@@ -183,10 +188,18 @@ class Volume:
             self._db.execute("PRAGMA synchronous=NORMAL")
             os.fsync(self._data)
 
+    def checkpoint(self) -> None:
+        """Copy the metadata's write-ahead log into the database, without holding up writes."""
+        try:
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as err:
+            raise VolumeError(f"cannot checkpoint the metadata of {self.folder}: {err}") from err
+
     def close(self) -> None:
         """Close the files."""
         os.close(self._data)
         os.close(self._cow)
+        self._checkpointer.close()
         self._db.close()
 
     # -- views ------------------------------------------------------------------
@@ -285,22 +298,32 @@ class Volume:
         """Chunks `indexes` as the view frozen at `gen` sees them; ``b""`` for all-zero ones.
 
         One index query for the lot and one read per run of neighbouring chunks the
-        view shares with the live file; runs that are holes are not read at all.
+        view shares with the live file; runs that are holes are not read at all. The
+        reads hold no lock, so the VM's writes do not wait for them: a chunk written
+        meanwhile had its frozen contents preserved first, and is read from there.
         """
         with self._lock:
-            marks = ",".join("?" * len(indexes))
-            written = dict(
-                self._db.execute(f"SELECT idx, gen FROM chunks WHERE idx IN ({marks})", indexes)
-            )
-            shared = [i for i in indexes if written.get(i, 0) <= gen]
-            found = self._read_runs(shared)
+            written = self._generations(indexes)
+        shared = [i for i in indexes if written.get(i, 0) <= gen]
+        found = self._read_runs(shared)
+        with self._lock:
+            written = self._generations(shared)
+        for idx in shared:
+            if written.get(idx, 0) > gen:
+                del found[idx]
         for idx in indexes:
             if idx not in found:
                 found[idx] = self.read_view_chunk(gen, idx)
         return [b"" if is_zero(found[i]) else found[i] for i in indexes]
 
+    def _generations(self, indexes: Sequence[int]) -> dict[int, int]:
+        """The generation of each written chunk among `indexes`; the lock is held."""
+        marks = ",".join("?" * len(indexes))
+        rows = self._db.execute(f"SELECT idx, gen FROM chunks WHERE idx IN ({marks})", indexes)
+        return {int(idx): int(g) for idx, g in rows}
+
     def _read_runs(self, indexes: list[int]) -> dict[int, bytes]:
-        """Live chunks by index, read run by run (holes skipped); the lock is held."""
+        """Live chunks by index, read run by run (holes skipped)."""
         found: dict[int, bytes] = {}
         for run in _runs(indexes):
             start = run[0] * self.chunk_size
@@ -386,6 +409,7 @@ def _connect(folder: Path) -> sqlite3.Connection:
     db = sqlite3.connect(folder / "meta.sqlite", check_same_thread=False, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA wal_autocheckpoint=0")
     db.executescript(_SCHEMA)
     db.isolation_level = "DEFERRED"
     return db

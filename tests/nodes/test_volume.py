@@ -268,6 +268,27 @@ def test_chunks_read_in_one_batch_equal_the_view_with_zero_chunks_empty(volume: 
     assert batch[2] == pattern(1, 64 * KiB) and batch[5] == pattern(4, 64 * KiB)
 
 
+def test_batch_view_reads_racing_the_vms_first_writes_still_read_the_frozen_contents(
+    tmp_path: Path,
+) -> None:
+    with created(tmp_path / "racing", 16 * MiB, 64 * KiB) as racing:
+        write_chunks(racing, range(racing.chunks))
+        racing.freeze("snap")
+        frozen = [pattern(i, 64 * KiB) for i in range(racing.chunks)]
+        order = list(range(racing.chunks))
+        random.Random(3).shuffle(order)
+        writer = threading.Thread(target=write_chunks, args=(racing, order, 1000))
+        view = racing.view("snap")
+
+        writer.start()
+        starts = [0, 64, 128, 192] * 8
+        seen = [view.read_chunks(list(range(start, start + 64))) for start in starts]
+        writer.join()
+
+        for start, batch in zip(starts, seen, strict=True):
+            assert batch == frozen[start : start + 64]
+
+
 def test_zeroing_and_trimming_after_a_freeze_is_preserved_in_the_view(volume: Volume) -> None:
     old = pattern(3, MiB)
     volume.write_live(0, old)

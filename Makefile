@@ -48,6 +48,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/fast_rollback_bench.py
 	$(BIN)/python bench/interference_bench.py
 	$(BIN)/python bench/replica_bench.py
+	$(BIN)/python bench/wire_bench.py
+	$(BIN)/python bench/volume_write_bench.py
+	$(BIN)/python bench/latency_bench.py
+	$(BIN)/python bench/snapshot_overhead_bench.py
+	$(BIN)/python bench/snapshot_bench.py
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

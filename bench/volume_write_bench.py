@@ -27,21 +27,15 @@ from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path.cwd()))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from interference_bench import DISK
+
 from nodes.volume import Volume
 
 MiB = 1 << 20
 BLOCK = 4096
 SIZE = 256 * MiB
 PACE = 0.002
-DISK = """
-import os, sys
-fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-block, n = os.urandom(1 << 20), 0
-while True:
-    os.write(fd, block); n += 1
-    if n % 4 == 0: os.fsync(fd)
-    if n % 512 == 0: os.ftruncate(fd, 0)
-"""
 
 
 def probe(write: Callable[[int, bytes], None], count: int, seed: int) -> list[float]:

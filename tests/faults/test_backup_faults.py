@@ -55,32 +55,38 @@ def restart_backups(net: Deployment, env: dict[str, str]) -> None:
 def test_a_snapshot_onto_a_full_backup_node_fails_cleanly_and_succeeds_once_space_is_freed(
     net: Deployment, invariants: Invariants, tmp_path: Path
 ) -> None:
+    # The quota leaves less than two chunks of room on the fullest node. The big snapshot's
+    # 32 chunks put at least 22 there (64 copies on 3 nodes), so the small one's 16 fit on
+    # any node once the big one is gone, wherever the deployment's key places them; beside
+    # it they fit only if at most one of the 16 lands there (under one chance in a million).
     big = register(net, "full-big", MODELS)
-    imported(net, big, tmp_path, MiB, 1)
+    imported(net, big, tmp_path, 2 * MiB, 1)
     doomed = take(net, big)
     quota = max(pack_bytes(net, n) for n in BACKUPS) + 128 * 1024
     restart_backups(net, {"VMSNAP_STORAGE_QUOTA_BYTES": str(quota)})
-    TALLY.fault("backup node disk full (quota)")
-    small = register(net, "full-small", MODELS)
-    imported(net, small, tmp_path, MiB, 2)
-    failed = net.run("snapshot", "create", small.vm)
-    assert failed.exit_code != 0 and failed.output.count("\n") == 1, failed.output
-    assert "is full" in failed.output
-    (row,) = snapshots(net, small.vm)
-    assert row["status"] == "failed" and not row["disk_details"], "no partial manifest"
-    audit = net.run("audit", "snapshot", row["id"], "--json")
-    assert '"status": "failed"' in audit.stdout, "the contract records the snapshot failed"
-    TALLY.ended(False)
-    invariants.check(MODELS.values())
-    net.ok("snapshot", "delete", doomed)
-    del big.images[doomed]
-    assert max(pack_bytes(net, n) for n in BACKUPS) <= quota
-    again = take(net, small)
-    assert [s["status"] for s in snapshots(net, small.vm)] == ["failed", "committed"]
-    assert again in small.images
-    TALLY.ended(True, rerun=True)
-    invariants.check(MODELS.values())
-    restart_backups(net, {})
+    try:
+        TALLY.fault("backup node disk full (quota)")
+        small = register(net, "full-small", MODELS)
+        imported(net, small, tmp_path, MiB, 2)
+        failed = net.run("snapshot", "create", small.vm)
+        assert failed.exit_code != 0 and failed.output.count("\n") == 1, failed.output
+        assert "is full" in failed.output
+        (row,) = snapshots(net, small.vm)
+        assert row["status"] == "failed" and not row["disk_details"], "no partial manifest"
+        audit = net.run("audit", "snapshot", row["id"], "--json")
+        assert '"status": "failed"' in audit.stdout, "the contract records the snapshot failed"
+        TALLY.ended(False)
+        invariants.check(MODELS.values())
+        net.ok("snapshot", "delete", doomed)
+        del big.images[doomed]
+        assert max(pack_bytes(net, n) for n in BACKUPS) <= quota
+        again = take(net, small)
+        assert [s["status"] for s in snapshots(net, small.vm)] == ["failed", "committed"]
+        assert again in small.images
+        TALLY.ended(True, rerun=True)
+        invariants.check(MODELS.values())
+    finally:
+        restart_backups(net, {})
 
 
 def test_a_slow_backup_node_does_not_stall_snapshots_or_reads(

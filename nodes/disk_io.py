@@ -201,6 +201,7 @@ async def export_snapshot(
     """Write one disk of a snapshot, fetched from the backup cluster, as a sparse raw file."""
     from nodes.chunks import ChunkCodec
     from nodes.manifest_store import load_manifest
+    from nodes.patches import read_chunks
     from nodes.peers import Peers, node_names
     from nodes.replication import BackupCluster
 
@@ -212,12 +213,11 @@ async def export_snapshot(
     try:
         with os.fdopen(fd, "r+b") as sink:
             manifest = await load_manifest(cluster, codec, bytes.fromhex(disk["manifest"]))
-            entries = list(manifest.entries)
-            for start in range(0, len(entries), 64):
-                batch = entries[start : start + 64]
-                found = await cluster.get([cid for _idx, cid in batch])
-                for idx, cid in batch:
-                    data = codec.decode(cid, found[cid])
+            indexes = [idx for idx, _cid in manifest.entries]
+            for start in range(0, len(indexes), 64):
+                batch = indexes[start : start + 64]
+                chunks = await read_chunks(cluster.get, codec, manifest.wanted(batch))
+                for idx, data in zip(batch, chunks, strict=True):
                     os.pwrite(sink.fileno(), data, idx * manifest.chunk_size)
                     copied += len(data)
                     progress(len(data))

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import cbor2
 
 from ledger.merkle import merkle_root
 from nodes.errors import ManifestCorrupted
+from nodes.patches import Patch, full_mask, mask_bytes
 
 FORMAT = 1
+PATCHED_FORMAT = 2
 ID_SIZE = 32
+NO_BASE = bytes(ID_SIZE)
 
 
 @dataclass(frozen=True)
@@ -25,10 +29,17 @@ class Manifest:
          "chunk_size": int, "parent": hex id or null, "entries": [[index, chunk id], ...]}
 
     Entries are sorted by index; all-zero chunks are holes and have no entry.
+    A manifest with patched entries (``nodes/patches.py``) is format 2 and has one
+    more field, ``"patches": [[index, base id or b"", delta id, block mask], ...]``,
+    sorted by index, each naming an index of the entries; such an entry's chunk id
+    is the id of the rebuilt chunk, which is not stored as such.
+
     The root is the RFC 6962 Merkle tree hash over the leaves
     ``[header, index(8 bytes BE) || chunk id, ...]``, where the header is the
-    canonical CBOR of every field but the entries: changing any field, any id,
-    or adding or dropping an entry changes the root.
+    canonical CBOR of every field but the entries and patches, and a patched
+    entry's leaf goes on with ``|| base id (zeros for none) || delta id || mask``
+    (the mask little-endian, one bit per block, in whole bytes): changing any
+    field, any id, any patch, or adding or dropping an entry changes the root.
     """
 
     snapshot: str
@@ -38,6 +49,7 @@ class Manifest:
     chunk_size: int
     parent: str | None
     entries: tuple[tuple[int, bytes], ...]
+    patches: dict[int, Patch] = field(default_factory=dict)
 
     def header(self) -> bytes:
         """The canonical CBOR of the fields other than the entries."""
@@ -45,7 +57,7 @@ class Manifest:
 
     def _fields(self) -> dict[str, Any]:
         return {
-            "format": FORMAT,
+            "format": PATCHED_FORMAT if self.patches else FORMAT,
             "snapshot": self.snapshot,
             "vm": self.vm,
             "resource_id": self.resource_id,
@@ -57,13 +69,29 @@ class Manifest:
     def root(self) -> bytes:
         """The Merkle root over the header and every entry."""
         leaves = [self.header()]
-        leaves.extend(index.to_bytes(8, "big") + chunk_id for index, chunk_id in self.entries)
+        leaves.extend(self._leaf(index, chunk_id) for index, chunk_id in self.entries)
         return merkle_root(leaves)
+
+    def _leaf(self, index: int, chunk_id: bytes) -> bytes:
+        leaf = index.to_bytes(8, "big") + chunk_id
+        patch = self.patches.get(index)
+        if patch is None:
+            return leaf
+        base = NO_BASE if patch.base is None else patch.base
+        return leaf + base + patch.delta + mask_bytes(patch.mask, self.chunk_length(index))
+
+    def chunk_length(self, index: int) -> int:
+        """Bytes of chunk `index` (the last one may be short)."""
+        return min(self.chunk_size, self.size - index * self.chunk_size)
 
     def encode(self) -> bytes:
         """The stored form."""
         body = self._fields()
         body["entries"] = [[index, chunk_id] for index, chunk_id in self.entries]
+        if self.patches:
+            body["patches"] = [
+                [index, p.base or b"", p.delta, p.mask] for index, p in sorted(self.patches.items())
+            ]
         return cbor2.dumps(body, canonical=True)
 
     @classmethod
@@ -79,11 +107,18 @@ class Manifest:
                 chunk_size=body["chunk_size"],
                 parent=body["parent"],
                 entries=tuple((int(i), bytes(c)) for i, c in body["entries"]),
+                patches={
+                    int(i): Patch(bytes(b) or None, bytes(d), int(m))
+                    for i, b, d, m in body.get("patches", [])
+                },
             )
-        except (cbor2.CBORDecodeError, KeyError, TypeError, ValueError) as err:
+        except (cbor2.CBORDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
             raise ManifestCorrupted(f"undecodable manifest: {err}") from err
-        if body.get("format") != FORMAT or set(body) != {*manifest._fields(), "entries"}:
+        fields = {*manifest._fields(), "entries"} | ({"patches"} if "patches" in body else set())
+        if body.get("format") != manifest._fields()["format"] or set(body) != fields:
             raise ManifestCorrupted("unknown manifest format or fields")
+        if "patches" in body and len(body["patches"]) != len(manifest.patches):
+            raise ManifestCorrupted(f"manifest {manifest.snapshot}: repeated patch")
         manifest.check()
         return manifest
 
@@ -95,22 +130,61 @@ class Manifest:
             if not last < index < chunks or len(chunk_id) != ID_SIZE:
                 raise ManifestCorrupted(f"manifest {self.snapshot}: bad entry {index}")
             last = index
+        ids = dict(self.entries)
+        for index, patch in self.patches.items():
+            if (
+                index not in ids
+                or len(patch.delta) != ID_SIZE
+                or (patch.base is not None and len(patch.base) != ID_SIZE)
+                or not 0 < patch.mask <= full_mask(self.chunk_length(index))
+            ):
+                raise ManifestCorrupted(f"manifest {self.snapshot}: bad patch {index}")
 
-    def changed(self, snapshot: str, changes: Mapping[int, bytes | None]) -> Manifest:
-        """The child manifest: this map with `changes` applied (None makes a hole)."""
+    def changed(
+        self,
+        snapshot: str,
+        changes: Mapping[int, bytes | None],
+        patches: Mapping[int, Patch] | None = None,
+    ) -> Manifest:
+        """The child manifest: this map with `changes` applied (None makes a hole).
+
+        A changed index is patched in the child when `patches` names it, plain otherwise.
+        """
         merged = dict(self.entries)
+        patched = dict(self.patches)
         for index, chunk_id in changes.items():
+            patched.pop(index, None)
             if chunk_id is None:
                 merged.pop(index, None)
             else:
                 merged[index] = chunk_id
+        for index, patch in (patches or {}).items():
+            if changes.get(index) is not None:
+                patched[index] = patch
         return replace(
-            self, snapshot=snapshot, parent=self.snapshot, entries=tuple(sorted(merged.items()))
+            self,
+            snapshot=snapshot,
+            parent=self.snapshot,
+            entries=tuple(sorted(merged.items())),
+            patches=patched,
         )
 
     def chunk_ids(self) -> set[bytes]:
-        """Every chunk the manifest references."""
-        return {chunk_id for _index, chunk_id in self.entries}
+        """Every stored chunk the manifest references (a patched entry's base and delta)."""
+        ids = {chunk_id for index, chunk_id in self.entries if index not in self.patches}
+        for patch in self.patches.values():
+            ids.update(patch.stored_ids())
+        return ids
+
+    @cached_property
+    def chunk_map(self) -> dict[int, bytes]:
+        """Index -> chunk id of every entry."""
+        return dict(self.entries)
+
+    def wanted(self, indexes: list[int]) -> list[tuple[bytes, Patch | None, int]]:
+        """What `nodes.patches.read_chunks` needs to read the entries at `indexes`."""
+        ids = self.chunk_map
+        return [(ids[i], self.patches.get(i), self.chunk_length(i)) for i in indexes]
 
     def stored_size(self) -> int:
         """Bytes of disk data the entries stand for (holes excluded)."""

@@ -10,7 +10,8 @@ write is acknowledged. Reads see the newest journaled chunk of an index, else th
 Layout on the backup node that holds the mirror::
 
     mirrors/<mirror id>/meta.json     vm, disk, size, chunk size, snapshot manifest, open
-                        base.cbor     the base map, [[index, chunk id], ...]
+                        base.cbor     the base map, [[index, chunk id], ...]; a patched entry
+                                    goes on with its base id (or b""), delta id and mask
                         journal.log   the journal (also kept, alone, on the replicas)
 """
 
@@ -30,6 +31,7 @@ import cbor2
 from nodes.chunks import ChunkCodec, is_zero
 from nodes.errors import NodeError
 from nodes.journal import Journal, Record
+from nodes.patches import Patch, read_chunks
 from nodes.replication import BackupCluster
 
 CACHE_CHUNKS = 256
@@ -65,11 +67,13 @@ class Mirror:
         cluster: BackupCluster,
         codec: ChunkCodec,
         local: LocalGet | None = None,
+        patches: dict[int, Patch] | None = None,
     ) -> None:
         self.folder = folder
         self.local = local
         self.meta = meta
         self.base = base
+        self.patches = patches or {}
         self.cluster = cluster
         self.codec = codec
         self.journal = Journal(folder / "journal.log", meta.mirror)
@@ -86,12 +90,26 @@ class Mirror:
         cluster: BackupCluster,
         codec: ChunkCodec,
         local: LocalGet | None = None,
+        patches: dict[int, Patch] | None = None,
     ) -> Mirror:
         """Write the mirror's metadata and base map; the journal starts empty."""
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "base.cbor").write_bytes(cbor2.dumps(sorted(base.items())))
+        patches = patches or {}
+        rows = [
+            [index, chunk]
+            if index not in patches
+            else [
+                index,
+                chunk,
+                patches[index].base or b"",
+                patches[index].delta,
+                patches[index].mask,
+            ]
+            for index, chunk in sorted(base.items())
+        ]
+        (folder / "base.cbor").write_bytes(cbor2.dumps(rows))
         _write_meta(folder, meta)
-        return cls(folder, meta, base, cluster, codec, local)
+        return cls(folder, meta, base, cluster, codec, local, patches)
 
     @classmethod
     def open(
@@ -104,12 +122,13 @@ class Mirror:
         """Reopen a mirror after a restart."""
         meta = MirrorMeta(**json.loads((folder / "meta.json").read_text()))
         base_file = folder / "base.cbor"
-        base = (
-            {int(i): bytes(c) for i, c in cbor2.loads(base_file.read_bytes())}
-            if (base_file.exists())
-            else {}
-        )
-        return cls(folder, meta, base, cluster, codec, local)
+        rows = cbor2.loads(base_file.read_bytes()) if base_file.exists() else []
+        base = {int(row[0]): bytes(row[1]) for row in rows}
+        patches = {
+            int(i): Patch(bytes(b) or None, bytes(d), int(m))
+            for i, _c, b, d, m in (row for row in rows if len(row) == 5)
+        }
+        return cls(folder, meta, base, cluster, codec, local, patches)
 
     def tag(self) -> dict[str, Any]:
         """The journal's position and head hash now."""
@@ -121,6 +140,7 @@ class Mirror:
         _write_meta(self.folder, self.meta)
         (self.folder / "base.cbor").unlink(missing_ok=True)
         self.base = {}
+        self.patches = {}
         self._cache.clear()
 
     def _check(self, offset: int, length: int) -> None:
@@ -135,6 +155,13 @@ class Mirror:
             return self.overlay[index]
         return self.base.get(index)
 
+    def stored_ids(self) -> set[bytes]:
+        """The stored chunks the base map reads (a patched entry's base and delta)."""
+        ids = {chunk for index, chunk in self.base.items() if index not in self.patches}
+        for patch in self.patches.values():
+            ids.update(patch.stored_ids())
+        return ids
+
     def _length(self, index: int) -> int:
         return min(self.meta.chunk_size, self.meta.size - index * self.meta.chunk_size)
 
@@ -146,12 +173,22 @@ class Mirror:
         if cached is not None:
             self._cache.move_to_end(chunk)
             return cached
-        blob = await self.local(chunk) if self.local is not None else None
-        if blob is None:
-            blob = (await self.cluster.get([chunk]))[chunk]
-        data = await asyncio.to_thread(self.codec.decode, chunk, blob)
+        patch = None if index in self.overlay else self.patches.get(index)
+        (data,) = await read_chunks(self._get, self.codec, [(chunk, patch, self._length(index))])
         self._remember(chunk, data)
         return data
+
+    async def _get(self, ids: list[bytes]) -> dict[bytes, bytes]:
+        """Stored forms by id: from this node's store when it holds them, else the cluster."""
+        found: dict[bytes, bytes] = {}
+        for chunk in ids:
+            blob = await self.local(chunk) if self.local is not None else None
+            if blob is not None:
+                found[chunk] = blob
+        rest = [chunk for chunk in ids if chunk not in found]
+        if rest:
+            found.update(await self.cluster.get(rest))
+        return found
 
     def _remember(self, chunk: bytes, data: bytes) -> None:
         self._cache[chunk] = data

@@ -109,6 +109,7 @@ class MirrorService:
             self.cluster,
             self.codec,
             self.local,
+            manifest.patches,
         )
         self.mirrors[ident] = mirror
         return mirror.tag()
@@ -182,7 +183,7 @@ class MirrorService:
         ids: set[bytes] = set()
         for mirror in self.mirrors.values():
             if mirror.meta.open:
-                ids.update(mirror.base.values())
+                ids.update(mirror.stored_ids())
                 ids.update(c for c in mirror.overlay.values() if c is not None)
         return {"ids": sorted(ids)}
 

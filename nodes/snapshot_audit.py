@@ -11,6 +11,7 @@ from nodes.chunks import ChunkCodec
 from nodes.errors import ChunkCorrupted, ChunkMissing, ManifestCorrupted
 from nodes.manifest import Manifest, snapshot_root
 from nodes.manifest_store import load_manifest
+from nodes.patches import read_chunks
 from nodes.replication import BackupCluster
 
 BATCH = 64
@@ -91,6 +92,31 @@ async def _chunks(
         sizes = await asyncio.to_thread(_decode_all, codec, found, audit)
         audit.chunks_checked += len(sizes)
         audit.bytes_checked += sum(sizes)
+    patched = sorted(manifest.patches)
+    for start in range(0, len(patched), BATCH):
+        await _patched(audit, manifest, patched[start : start + BATCH], cluster, codec)
+
+
+async def _patched(
+    audit: SnapshotAudit,
+    manifest: Manifest,
+    indexes: list[int],
+    cluster: BackupCluster,
+    codec: ChunkCodec,
+) -> None:
+    """Rebuild patched entries and check each against its chunk id (one by one on a failure)."""
+    try:
+        await read_chunks(cluster.get, codec, manifest.wanted(indexes))
+    except (ChunkCorrupted, ChunkMissing):
+        if len(indexes) == 1:
+            raise
+    else:
+        return
+    for index in indexes:
+        try:
+            await _patched(audit, manifest, [index], cluster, codec)
+        except (ChunkCorrupted, ChunkMissing) as err:
+            audit.problems.append(f"disk {manifest.resource_id}: chunk {index}: {err}")
 
 
 def _decode_all(codec: ChunkCodec, found: dict[bytes, bytes], audit: SnapshotAudit) -> list[int]:

@@ -15,6 +15,7 @@ from nodes.chunks import ChunkCodec, is_zero
 from nodes.config import Config
 from nodes.manifest import Manifest
 from nodes.manifest_store import load_manifest, store_manifest
+from nodes.patches import Patch, blocks_in, read_chunks
 from nodes.peers import Peers, node_names
 from nodes.replication import BackupCluster
 from nodes.request_args import integer, text
@@ -22,8 +23,6 @@ from nodes.request_args import integer, text
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 A = TypeVar("A")
 B = TypeVar("B")
-Batch = tuple[list[tuple[int, bytes]], int]
-"""Chunks read from a view (index, plaintext; ``b""`` when all zero) and their plain bytes."""
 BATCH = 64
 READ_CALL = 16
 IN_FLIGHT = 3
@@ -41,8 +40,23 @@ class TransferStats:
     bytes_read: int = 0
     bytes_stored: int = 0
     copies_written: int = 0
+    patched_chunks: int = 0
     seconds: float = 0.0
     chunk_map: dict[int, bytes | None] = field(default_factory=dict)
+    patches: dict[int, Patch] = field(default_factory=dict)
+
+
+@dataclass
+class Batch:
+    """Chunks read from a view, whole or as the blocks a patch needs.
+
+    whole:   (index, plaintext; ``b""`` when all zero)
+    partial: (index, content id or None when all zero, base id or None, mask, blocks)
+    """
+
+    whole: list[tuple[int, bytes]]
+    partial: list[tuple[int, bytes | None, bytes | None, int, bytes]]
+    plain_bytes: int
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,12 @@ class Pipeline:
     off the event loop. Backup nodes write the copies back as they come and
     make them durable with one sync each at the end of the pass, before the
     pass returns (and so before any commit).
+
+    With a parent manifest, a changed chunk whose written blocks (with those of
+    its parent's patch) are at most half of it is read as those blocks only, and
+    stored as a patch on its parent's base (``nodes/patches.py``); the business
+    node hashes the whole chunk for its content id. When that content is already
+    stored whole, the entry refers to it instead.
     """
 
     def __init__(self, peers: Peers, cluster: BackupCluster, codec: ChunkCodec) -> None:
@@ -83,8 +103,13 @@ class Pipeline:
         """Stop the worker threads."""
         self._cpu.shutdown(wait=True)
 
-    async def run(self, source: Source, since: int | None = None) -> TransferStats:
-        """Process the chunks of `source` changed after generation `since` (default: the base)."""
+    async def run(
+        self, source: Source, since: int | None = None, parent: Manifest | None = None
+    ) -> TransferStats:
+        """Process the chunks of `source` changed after generation `since` (default: the base).
+
+        `parent`, the manifest of the snapshot at generation `since`, allows patches.
+        """
         started = time.monotonic()
         self.cluster.down.clear()
         stats = TransferStats()
@@ -94,7 +119,7 @@ class Pipeline:
         unsynced: dict[str, set[bytes]] = {}
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._read(source, since, queue))
+                group.create_task(self._read(source, since, parent, queue))
                 for _worker in range(STORERS):
                     group.create_task(self._store(queue, stats, source.view, claimed, unsynced))
             await self.cluster.sync(unsynced)
@@ -109,41 +134,67 @@ class Pipeline:
         self,
         source: Source,
         since: int | None,
+        parent: Manifest | None,
         queue: asyncio.Queue[Batch | None],
     ) -> None:
         start = 0
         while True:
-            args = {**source.args(), "start": start}
+            args = {**source.args(), "start": start, "masks": parent is not None}
             if since is not None:
                 args["since"] = since
             page = await self.peers.call(source.node, "volume.changed", args)
             indexes: list[int] = page["indexes"]
+            masks: list[int | None] = page.get("masks") or [None] * len(indexes)
             for i in range(0, len(indexes), BATCH):
-                await queue.put(await self._read_batch(source, indexes[i : i + BATCH]))
+                plan = _plan(parent, indexes[i : i + BATCH], masks[i : i + BATCH])
+                await queue.put(await self._read_batch(source, *plan))
             if not page["more"] or not indexes:
                 break
             start = indexes[-1] + 1
         for _worker in range(STORERS):
             await queue.put(None)
 
-    async def _read_batch(self, source: Source, wanted: list[int]) -> Batch:
+    async def _read_batch(
+        self, source: Source, whole: list[int], partial: list[tuple[int, bytes | None, int]]
+    ) -> Batch:
         """Read in small calls, so the business node never stalls its VMs' I/O for long.
 
         The calls of one batch are in flight together: the business node reads one
         while it sends another, and the round trips overlap.
         """
-        replies = await asyncio.gather(
-            *(
-                self.peers.call(
-                    source.node,
-                    "volume.read_chunks",
-                    {**source.args(), "indexes": wanted[i : i + READ_CALL]},
-                )
-                for i in range(0, len(wanted), READ_CALL)
+        chunk_calls = [
+            self.peers.call(
+                source.node,
+                "volume.read_chunks",
+                {**source.args(), "indexes": whole[i : i + READ_CALL]},
             )
+            for i in range(0, len(whole), READ_CALL)
+        ]
+        block_calls = [
+            self.peers.call(
+                source.node,
+                "volume.read_blocks",
+                {
+                    **source.args(),
+                    "indexes": [idx for idx, _base, _mask in partial[i : i + BATCH]],
+                    "masks": [mask for _idx, _base, mask in partial[i : i + BATCH]],
+                },
+            )
+            for i in range(0, len(partial), BATCH)
+        ]
+        replies = await asyncio.gather(*chunk_calls, *block_calls)
+        chunk_replies, block_replies = replies[: len(chunk_calls)], replies[len(chunk_calls) :]
+        chunks = [chunk for reply in chunk_replies for chunk in reply["chunks"]]
+        ids = [cid for reply in block_replies for cid in reply["ids"]]
+        blocks = [data for reply in block_replies for data in reply["blocks"]]
+        return Batch(
+            list(zip(whole, chunks, strict=True)),
+            [
+                (idx, cid, base, mask, data)
+                for (idx, base, mask), cid, data in zip(partial, ids, blocks, strict=True)
+            ],
+            sum(int(r["bytes"]) for r in replies),
         )
-        chunks = [chunk for reply in replies for chunk in reply["chunks"]]
-        return list(zip(wanted, chunks, strict=True)), sum(int(r["bytes"]) for r in replies)
 
     async def _store(
         self,
@@ -158,23 +209,43 @@ class Pipeline:
         The copies are made durable once, for the whole pass, by `run`: a backup node
         writes them back while the next batches arrive instead of waiting on each.
         """
-        while (item := await queue.get()) is not None:
-            batch, plain_bytes = item
-            keyed = await self._parallel(self._key, batch)
-            stats.chunks_read += len(batch)
-            stats.bytes_read += plain_bytes
+        while (batch := await queue.get()) is not None:
+            keyed = await self._parallel(self._key, batch.whole)
+            patched = await self._parallel(self._key_patches, batch.partial)
+            stats.chunks_read += len(batch.whole) + len(batch.partial)
+            stats.bytes_read += batch.plain_bytes
             present = {idx: cid for idx, cid, _data in keyed if cid is not None}
-            stats.zero_chunks += len(batch) - len(present)
-            stats.chunk_map.update({idx: present.get(idx) for idx, _data in batch})
-            unseen = [cid for cid in dict.fromkeys(present.values()) if cid not in claimed]
+            present.update((idx, cid) for idx, cid, *_rest in patched if cid is not None)
+            stats.zero_chunks += len(keyed) + len(patched) - len(present)
+            stats.chunk_map.update(present)
+            stats.chunk_map.update((idx, None) for idx, _data in batch.whole if idx not in present)
+            stats.chunk_map.update(
+                (idx, None) for idx, *_rest in batch.partial if idx not in present
+            )
+            plain = {cid: data for _idx, cid, data in keyed if cid is not None}
+            deltas = {pid: blocks for _i, cid, _b, _m, pid, blocks in patched if cid is not None}
+            contents = (
+                {cid for _i, cid, *_rest in patched if cid is not None} - claimed - set(plain)
+            )
+            unseen = [cid for cid in [*plain, *deltas] if cid not in claimed]
             claimed.update(unseen)
-            lacking = await self.cluster.missing(unseen)
-            plain = {cid: data for _idx, cid, data in keyed if cid in lacking}
-            stored = dict(await self._parallel(self._encode, list(plain.items())))
+            lacking = await self.cluster.missing([*unseen, *contents])
+            for idx, cid, base, mask, pid, _blocks in patched:
+                if cid is not None and cid in lacking and cid not in claimed:
+                    stats.patches[idx] = Patch(base, pid, mask)
+            wanted = {**plain, **deltas}
+            stored = dict(
+                await self._parallel(
+                    self._encode, [(cid, data) for cid, data in wanted.items() if cid in lacking]
+                )
+            )
+            stats.patched_chunks += sum(1 for idx, *_rest in patched if idx in stats.patches)
             stats.new_chunks += len(stored)
             stats.deduplicated += len(present) - len(stored)
             stats.bytes_stored += sum(len(b) for b in stored.values())
-            stats.copies_written += await self.cluster.put(stored, lacking, unsynced)
+            stats.copies_written += await self.cluster.put(
+                stored, {cid: lacking[cid] for cid in stored}, unsynced
+            )
             self.progress[view] = stats.bytes_read
 
     def _key(self, batch: list[tuple[int, bytes]]) -> list[tuple[int, bytes | None, bytes]]:
@@ -182,11 +253,21 @@ class Pipeline:
             (idx, None if is_zero(data) else self.codec.chunk_id(data), data) for idx, data in batch
         ]
 
+    def _key_patches(
+        self, batch: list[tuple[int, bytes | None, bytes | None, int, bytes]]
+    ) -> list[tuple[int, bytes | None, bytes | None, int, bytes, bytes]]:
+        return [
+            (idx, cid, base, mask, self.codec.chunk_id(blocks), blocks)
+            for idx, cid, base, mask, blocks in batch
+        ]
+
     def _encode(self, plain: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         return [(cid, self.codec.encode(data, cid)) for cid, data in plain]
 
     async def _parallel(self, work: Callable[[list[A]], list[B]], items: list[A]) -> list[B]:
         """Split `items` over the worker threads (BLAKE3 and zstd release the GIL)."""
+        if not items:
+            return []
         loop = asyncio.get_running_loop()
         half = (len(items) + 1) // 2
         parts = await asyncio.gather(
@@ -194,6 +275,25 @@ class Pipeline:
             loop.run_in_executor(self._cpu, work, items[half:]),
         )
         return parts[0] + parts[1]
+
+
+def _plan(
+    parent: Manifest | None, indexes: list[int], masks: list[int | None]
+) -> tuple[list[int], list[tuple[int, bytes | None, int]]]:
+    """Which changed chunks to read whole, and which as blocks (index, base, mask) for a patch."""
+    whole: list[int] = []
+    partial: list[tuple[int, bytes | None, int]] = []
+    for idx, written in zip(indexes, masks, strict=True):
+        if parent is None or written is None:
+            whole.append(idx)
+            continue
+        prior = parent.patches.get(idx)
+        needed = written | (prior.mask if prior else 0)
+        if needed.bit_count() * 2 > blocks_in(parent.chunk_length(idx)):
+            whole.append(idx)
+        else:
+            partial.append((idx, prior.base if prior else parent.chunk_map.get(idx), needed))
+    return whole, partial
 
 
 class Transfer:
@@ -272,10 +372,10 @@ class Transfer:
             parent = await load_manifest(self.cluster, self.codec, parent_id)
             if (parent.size, parent.chunk_size) != (size, chunk_size):
                 parent = None
-        stats = await self.pipeline.run(source, None if parent else 0)
+        stats = await self.pipeline.run(source, None if parent else 0, parent)
         snapshot = text(args, "snapshot")
         if parent is not None:
-            manifest = parent.changed(snapshot, stats.chunk_map)
+            manifest = parent.changed(snapshot, stats.chunk_map, stats.patches)
         else:
             entries = tuple(sorted((i, c) for i, c in stats.chunk_map.items() if c is not None))
             manifest = Manifest(
@@ -292,6 +392,7 @@ class Transfer:
             "chunks": len(manifest.entries),
             "changed_chunks": stats.chunks_read,
             "new_chunks": stats.new_chunks,
+            "patched_chunks": stats.patched_chunks,
             "bytes_read": stats.bytes_read,
             "bytes_stored": stats.bytes_stored,
             "incremental": parent is not None,
@@ -343,12 +444,19 @@ class Transfer:
         live = await self.peers.call(node, "volume.chunk_ids", {**target, "indexes": indexes})
         differ = [i for i, cid in zip(indexes, live["ids"], strict=True) if cid != wanted.get(i)]
         checked += len(indexes)
-        fetched = await self.cluster.get([wanted[i] for i in differ if i in wanted])
+        present = [i for i in differ if i in wanted]
+        fetched = dict(
+            zip(
+                present,
+                await read_chunks(self.cluster.get, self.codec, manifest.wanted(present)),
+                strict=True,
+            )
+        )
         for i in differ:
             offset = i * manifest.chunk_size
             length = min(manifest.chunk_size, manifest.size - offset)
             if i in wanted:
-                data = await asyncio.to_thread(self.codec.decode, wanted[i], fetched[wanted[i]])
+                data = fetched[i]
                 await self.peers.call(
                     node, "volume.write", {**target, "offset": offset, "data": data}
                 )

@@ -392,7 +392,6 @@ class Transfer:
             "chunks": len(manifest.entries),
             "changed_chunks": stats.chunks_read,
             "new_chunks": stats.new_chunks,
-            "patched_chunks": stats.patched_chunks,
             "bytes_read": stats.bytes_read,
             "bytes_stored": stats.bytes_stored,
             "incremental": parent is not None,

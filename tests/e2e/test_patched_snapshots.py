@@ -1,0 +1,148 @@
+"""Incremental snapshots of a few 4 KiB blocks: patched chunks end to end, qemu-io as the VM."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nodes.chunks import ChunkCodec
+from nodes.config import load_config
+from nodes.manifest import Manifest
+from nodes.manifest_store import load_manifest
+from nodes.peers import Peers, node_names
+from nodes.replication import BackupCluster
+from tests.cli.conftest import Deployment, running
+from tests.e2e.processes import kill_node
+from tests.e2e.qemu import qemu_io
+
+pytestmark = pytest.mark.slow
+KiB, MiB = 1 << 10, 1 << 20
+CHUNK, BLOCK = 64 * KiB, 4 * KiB
+SIZE = 16 * MiB
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    with running(tmp_path_factory.mktemp("patched") / "deployment") as deployment:
+        yield deployment
+
+
+def _export(net: Deployment, target: Path, snapshot: str | None = None) -> bytes:
+    args = ["disk", "export", "pt-01", "root", str(target), "--force"]
+    net.ok(*([*args, "--snapshot", snapshot] if snapshot else args))
+    return target.read_bytes()
+
+
+def _write(url: str, image: bytearray, rng: random.Random, *spans: tuple[int, int]) -> None:
+    """Write a random pattern through NBD at each (offset, length), and into `image` alike."""
+    commands = []
+    for offset, length in spans:
+        pattern = rng.randrange(1, 256)
+        image[offset : offset + length] = bytes([pattern]) * length
+        commands.append(f"write -P {pattern} {offset} {length}")
+    qemu_io(url, *commands, "flush")
+
+
+def _manifest(net: Deployment, snapshot: dict[str, Any]) -> Manifest:
+    """A snapshot's manifest, fetched from the backup cluster."""
+    config = load_config(net.config, {})
+    (disk,) = snapshot["disk_details"]
+
+    async def load() -> Manifest:
+        peers = Peers(config, "test")
+        try:
+            cluster = BackupCluster(peers, node_names(config, "backup"), config.topology.replicas)
+            codec = ChunkCodec(config.data_key(), config.storage.compression_level)
+            return await load_manifest(cluster, codec, bytes.fromhex(disk["manifest"]))
+        finally:
+            await peers.close()
+
+    return asyncio.run(load())
+
+
+def _masks(net: Deployment, snapshot: dict[str, Any]) -> dict[int, int]:
+    return {i: p.mask for i, p in _manifest(net, snapshot).patches.items()}
+
+
+def test_a_few_written_blocks_are_read_and_stored_as_patches_and_read_back_whole(
+    net: Deployment, tmp_path: Path
+) -> None:
+    rng = random.Random(7)
+    image = bytearray(SIZE)
+    image[: 4 * MiB] = rng.randbytes(4 * MiB)
+    source = tmp_path / "image.raw"
+    source.write_bytes(bytes(image))
+    net.ok("vm", "register", "pt-01", "--ip", "10.0.0.71", "--disk", f"system:root:{SIZE // MiB}M")
+    net.ok("disk", "import", "pt-01", "root", str(source))
+    url = str(net.ok("disk", "url", "pt-01", "root").stdout.strip())
+    full = net.json("snapshot", "create", "pt-01")
+
+    _write(
+        url,
+        image,
+        rng,
+        (3 * BLOCK, BLOCK),  # chunk 0: one block
+        (5 * CHUNK + 2 * BLOCK, 2 * BLOCK),  # chunk 5: two blocks
+        (6 * CHUNK, 9 * BLOCK),  # chunk 6: more than half of it, read whole
+        (200 * CHUNK + 15 * BLOCK, BLOCK),  # chunk 200: a hole in the parent
+    )
+    second = net.json("snapshot", "create", "pt-01")
+    (disk,) = second["disk_details"]
+    assert disk["incremental"] is True
+    assert disk["changed_chunks"] == 4
+    assert disk["bytes_read"] == 4 * BLOCK + CHUNK
+    assert _masks(net, second) == {0: 1 << 3, 5: 0b1100, 200: 1 << 15}
+    assert _manifest(net, second).patches[200].base is None, "a hole in the parent: no base"
+    at_second = bytes(image)
+    assert _export(net, tmp_path / "second.raw", second["id"]) == at_second
+
+    _write(url, image, rng, (7 * BLOCK, BLOCK))  # chunk 0 again: the patch grows
+    third = net.json("snapshot", "create", "pt-01")
+    (disk,) = third["disk_details"]
+    assert (disk["changed_chunks"], disk["bytes_read"]) == (1, 2 * BLOCK)
+    assert _masks(net, third) == {0: (1 << 3) | (1 << 7), 5: 0b1100, 200: 1 << 15}
+    at_third = bytes(image)
+    assert _export(net, tmp_path / "third.raw", third["id"]) == at_third
+
+    for snap in (full, second, third):
+        assert net.json("snapshot", "verify", snap["id"])["ok"] is True
+
+    net.json("rollback", "start", "pt-01", second["id"])
+    assert _export(net, tmp_path / "live.raw") == at_second
+
+    # Fast rollback with no transfer node: reads come from the mirror's patched entries.
+    kill_node(net.root, "transfer-1", forget=True)
+    net.json("rollback", "start", "pt-01", third["id"], "--fast")
+    qemu_io(url, f"read -P {at_third[3 * BLOCK]} {3 * BLOCK} 4k")
+    qemu_io(url, f"read -P {at_third[7 * BLOCK]} {7 * BLOCK} 4k")
+    qemu_io(url, f"read -P {at_third[200 * CHUNK + 15 * BLOCK]} {200 * CHUNK + 15 * BLOCK} 4k")
+    net.ok("up")
+    net.json("rollback", "finish", "pt-01")
+    assert _export(net, tmp_path / "after.raw") == at_third
+    net.json("backup", "gc")
+    for snap in (full, second, third):
+        assert net.json("snapshot", "verify", snap["id"])["ok"] is True
+
+
+def test_verify_fails_loudly_when_every_copy_of_a_delta_is_altered(
+    net: Deployment, tmp_path: Path
+) -> None:
+    snap = net.json("snapshot", "show", net.json("snapshot", "list", "pt-01")[-1]["id"])
+    delta = _manifest(net, snap).patches[0].delta
+    altered = 0
+    for pack in (net.root / "data" / "nodes").glob("backup-*/chunks/packs/*.pack"):
+        data = bytearray(pack.read_bytes())
+        at = data.find(b"VCR1" + delta)
+        if at >= 0:
+            data[at + 4 + 32 + 4 + 32 + 2] ^= 0xFF
+            pack.write_bytes(bytes(data))
+            altered += 1
+    assert altered == 2
+    result = net.run("snapshot", "verify", snap["id"])
+    assert result.exit_code == 6
+    assert "failed verification" in result.output

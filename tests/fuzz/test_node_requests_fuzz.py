@@ -167,7 +167,7 @@ def assert_clean_error(answer: dict[str, Any] | RemoteError, node: str, op: str)
     (
         "business-1",
         "volume.read_blocks",
-        {"vm": FUZZ_VM, "resource_id": FUZZ_DISK, "indexes": [0], "masks": [1 << 64]},
+        {"vm": FUZZ_VM, "resource_id": FUZZ_DISK, "indexes": [0], "masks": [1 << 16]},
     )
 )
 @example(("backup-1", "chunk.put_many", {"items": [[bytes(32)]]}))

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ledger.errors import InputError, NotFound, VmsnapError
 from ledger.vm import check_disk_size, check_resource_id, check_vm_name
+from nodes.block_masks import is_mask_of, pick_blocks
 from nodes.blockdev import STATE_HOLE
 from nodes.chunks import ChunkCodec, is_zero
 from nodes.config import Config
@@ -153,6 +154,7 @@ class Business:
             "volume.commit_base": self.commit_base,
             "volume.changed": self.changed,
             "volume.read_chunks": self.read_chunks,
+            "volume.read_blocks": self.read_blocks,
             "volume.chunk_ids": self.chunk_ids,
             "volume.allocated": self.allocated,
             "volume.redirect": self.redirect,
@@ -306,18 +308,30 @@ class Business:
         return {}
 
     async def changed(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Chunk indexes of a view changed since the baseline (or ``since``), paged."""
+        """Chunk indexes of a view changed since the baseline (or ``since``), paged.
+
+        With ``masks`` true, also the mask of each chunk's changed 4 KiB blocks.
+        """
         _name, volume = self._volume(args)
         view = text(args, "view")
         since = integer(args, "since") if args.get("since") is not None else None
         start, limit = integer(args, "start", 0), min(integer(args, "limit", 65536), 65536)
+        with_masks = False if args.get("masks") is None else args["masks"]
+        if not isinstance(with_masks, bool):
+            raise InputError("masks must be true or false")
 
-        def page() -> list[int]:
-            found = volume.changed_chunks(view, since)
-            return [i for i in found if i >= start][:limit]
+        def page() -> list[tuple[int, int]]:
+            if with_masks:
+                found = volume.changed_blocks(view, since)
+            else:
+                found = [(i, 0) for i in volume.changed_chunks(view, since)]
+            return [item for item in found if item[0] >= start][:limit]
 
-        indexes = await asyncio.to_thread(page)
-        return {"indexes": indexes, "more": len(indexes) == limit}
+        changed = await asyncio.to_thread(page)
+        reply: dict[str, Any] = {"indexes": [i for i, _ in changed], "more": len(changed) == limit}
+        if with_masks:
+            reply["masks"] = [mask for _, mask in changed]
+        return reply
 
     async def redirect(self, args: dict[str, Any]) -> dict[str, Any]:
         """Serve the disk's export from a mirror on a backup node (fast rollback)."""
@@ -357,6 +371,36 @@ class Business:
         chunks = await asyncio.to_thread(view.read_chunks, indexes)
         size, chunk = volume.size, volume.chunk_size
         return {"chunks": chunks, "bytes": sum(min(chunk, size - i * chunk) for i in indexes)}
+
+    async def read_blocks(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The blocks `masks` select of up to 64 chunks of a view, and each whole chunk's id.
+
+        ``ids[i]`` is None for an all-zero chunk; ``blocks[i]`` concatenates the selected
+        blocks in order (a short last block stays short); ``bytes`` is their total length.
+        """
+        _name, volume = self._volume(args)
+        indexes, masks = args.get("indexes"), args.get("masks")
+        if not isinstance(indexes, list) or len(indexes) > MAX_CHUNKS_PER_CALL:
+            raise InputError(f"indexes must be a list of at most {MAX_CHUNKS_PER_CALL}")
+        if not all(isinstance(i, int) and 0 <= i < volume.chunks for i in indexes):
+            raise InputError("chunk index out of range")
+        if not isinstance(masks, list) or len(masks) != len(indexes):
+            raise InputError("masks must be a list parallel to indexes")
+        lengths = [min(volume.chunk_size, volume.size - i * volume.chunk_size) for i in indexes]
+        if not all(is_mask_of(m, n) for m, n in zip(masks, lengths, strict=True)):
+            raise InputError("each mask must select at least one block of its chunk, and no other")
+        view = volume.view(text(args, "view"))
+
+        def select() -> tuple[list[bytes | None], list[bytes]]:
+            ids: list[bytes | None] = []
+            blocks: list[bytes] = []
+            for chunk, mask, length in zip(view.read_chunks(indexes), masks, lengths, strict=True):
+                ids.append(None if is_zero(chunk) else self.codec.chunk_id(chunk))
+                blocks.append(pick_blocks(chunk or bytes(length), mask))
+            return ids, blocks
+
+        ids, blocks = await asyncio.to_thread(select)
+        return {"ids": ids, "blocks": blocks, "bytes": sum(len(b) for b in blocks)}
 
     async def allocated(self, args: dict[str, Any]) -> dict[str, Any]:
         """Indexes (from `start`, at most `limit`) of chunks holding data; the rest are holes."""

@@ -7,15 +7,18 @@ import os
 import shutil
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from nodes.block_masks import BLOCK, decode, encode, full_mask, span_mask
 from nodes.blockdev import Extent
 from nodes.chunks import is_zero
 from nodes.errors import VolumeError
 from nodes.frozen_view import FrozenView
 from nodes.sparse import extents, zero_range
+
+__all__ = ["BLOCK", "DEFAULT_CHUNK", "ViewInfo", "Volume"]
 
 DEFAULT_CHUNK = 64 * 1024
 _SCHEMA = """
@@ -28,6 +31,10 @@ CREATE TABLE IF NOT EXISTS views (name TEXT PRIMARY KEY, gen INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS preserved (
     idx INTEGER NOT NULL, gen_from INTEGER NOT NULL, gen_to INTEGER NOT NULL,
     offset INTEGER, PRIMARY KEY (idx, gen_from));
+CREATE TABLE IF NOT EXISTS masks (
+    idx INTEGER NOT NULL, gen INTEGER NOT NULL, mask BLOB NOT NULL,
+    PRIMARY KEY (gen, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS mask_floor (id INTEGER PRIMARY KEY CHECK (id = 1), gen INTEGER NOT NULL);
 """
 
 
@@ -52,6 +59,9 @@ class Volume:
                       preserved: (idx, gen_from, gen_to) -> offset in cow.data
                                  (content written at gen_from, seen by views whose
                                  generation lies in [gen_from, gen_to]; NULL offset = zeros)
+                      masks:     (gen, idx) -> blocks of the chunk written in that sealed
+                                 generation (see nodes/block_masks.py)
+                      mask_floor: the oldest generation whose masks are all recorded
 
     Every write belongs to the current generation. Freezing a view records the
     generation and starts a new one: metadata only. The first write to a chunk
@@ -66,7 +76,12 @@ class Volume:
     on its own connection, never by a write.
 
     Dirty tracking: the chunks changed since the base generation (that of the
-    last committed snapshot's view) are those whose generation is newer.
+    last committed snapshot's view) are those whose generation is newer. Within a
+    chunk, the 4 KiB blocks written in the current generation are kept in memory
+    (``_masks``: partly written chunks only; a chunk written in the generation
+    without an entry counts as wholly written) and sealed into ``masks`` by the
+    freeze that ends the generation. After a crash the current generation's
+    chunks count as wholly written, so no written block is ever missed.
     """
 
     def __init__(self, folder: Path, db: sqlite3.Connection) -> None:
@@ -84,6 +99,10 @@ class Volume:
         self._cow_end = os.fstat(self._cow).st_size
         self._fresh = bytearray(-(-self.chunks // 8))
         self._views: dict[str, int] = dict(db.execute("SELECT name, gen FROM views"))
+        self._masks: dict[int, int] = {}
+        with db:
+            db.execute("INSERT OR IGNORE INTO mask_floor SELECT 1, generation FROM volume")
+        self._mask_floor = int(db.execute("SELECT gen FROM mask_floor").fetchone()[0])
         self._lock = threading.Lock()
         self._checkpointer = sqlite3.connect(folder / "meta.sqlite", check_same_thread=False)
 
@@ -213,9 +232,11 @@ class Volume:
             with self._db:
                 self._db.execute("INSERT INTO views VALUES (?, ?)", (name, frozen))
                 self._db.execute("UPDATE volume SET generation = ?", (frozen + 1,))
+                self._seal_masks(frozen)
             self._views[name] = frozen
             self._gen = frozen + 1
             self._fresh = bytearray(len(self._fresh))
+            self._masks = {}
         return ViewInfo(name, frozen)
 
     def views(self) -> list[ViewInfo]:
@@ -247,19 +268,29 @@ class Volume:
             gen = self._views.get(name)
             if gen is None:
                 raise VolumeError(f"no view {name!r} on this volume")
+            # Raised before the rows go, so a concurrent `changed_blocks` that misses
+            # some of them sees the new floor and answers whole chunks.
+            self._mask_floor = max(self._mask_floor, gen + 1)
             with self._db:
                 self._db.execute(
                     "UPDATE volume SET base_generation = ?, base_view = ?", (gen, name)
                 )
+                self._db.execute("DELETE FROM masks WHERE gen <= ?", (gen,))
+                self._db.execute("UPDATE mask_floor SET gen = ?", (self._mask_floor,))
             self._base = gen
             self.base_view = name
 
     def changed_chunks(self, name: str, since: int | None = None) -> list[int]:
         """Chunks of view `name` written after generation `since` (default: the base)."""
+        return self._changed(self._view_gen(name), self._base if since is None else since)
+
+    def _view_gen(self, name: str) -> int:
         gen = self._views.get(name)
         if gen is None:
             raise VolumeError(f"no view {name!r} on this volume")
-        base = self._base if since is None else since
+        return gen
+
+    def _changed(self, gen: int, base: int) -> list[int]:
         rows = self._db.execute(
             "SELECT idx FROM chunks WHERE gen > ? AND gen <= ? UNION "
             "SELECT idx FROM preserved WHERE gen_from > ? AND gen_from <= ? AND gen_to >= ? "
@@ -267,6 +298,24 @@ class Volume:
             (base, gen, base, gen, gen),
         )
         return [int(idx) for (idx,) in rows]
+
+    def changed_blocks(self, name: str, since: int | None = None) -> list[tuple[int, int]]:
+        """`changed_chunks`, each with the mask of its blocks written after `since`.
+
+        A mask may name a block that was not written (when a crash lost the
+        generation's masks, or they predate ``mask_floor``), never miss one.
+        """
+        gen, base = self._view_gen(name), self._base if since is None else since
+        indexes = self._changed(gen, base)
+        rows = self._db.execute(
+            "SELECT idx, mask FROM masks WHERE gen > ? AND gen <= ?", (base, gen)
+        ).fetchall()
+        if base + 1 < self._mask_floor:
+            return [(idx, self._full(idx)) for idx in indexes]
+        found: dict[int, int] = {}
+        for idx, mask in rows:
+            found[idx] = found.get(idx, 0) | decode(mask)
+        return [(idx, found.get(idx) or self._full(idx)) for idx in indexes]
 
     def dirty_chunks(self) -> list[int]:
         """Live chunks written since the base generation."""
@@ -347,25 +396,68 @@ class Volume:
         return min(self.chunk_size, self._size - idx * self.chunk_size)
 
     def _touch(self, offset: int, length: int) -> None:
-        """Before writing: preserve old contents views need, and record the new generation."""
+        """Before writing: preserve old contents views need, record the generation and blocks."""
         if length == 0:
             return
-        first, last = offset // self.chunk_size, (offset + length - 1) // self.chunk_size
+        size, end = self.chunk_size, offset + length
+        first, last = offset // size, (end - 1) // size
         fresh = [i for i in range(first, last + 1) if not self._fresh[i >> 3] & (1 << (i & 7))]
-        if not fresh:
-            return
+        if fresh:
+            self._mark(offset, end, first, last, self._first_writes(fresh))
+        elif first == last:
+            # The VM's usual write, kept to a dict lookup: a chunk written before in the
+            # generation, partly (it has a mask) or wholly (it has none).
+            if first in self._masks:
+                self._masks[first] |= span_mask(offset - first * size, end - first * size)
+        else:
+            self._mark(offset, end, first, last, ())
+
+    def _first_writes(self, fresh: list[int]) -> set[int]:
+        """Preserve and record chunks first written in the generation by this process.
+
+        Returns those not already written in the generation before the volume was
+        opened: their masks start here, the others stay whole.
+        """
         newest_view = max(self._views.values(), default=0)
+        started: set[int] = set()
         with self._db:
             for idx in fresh:
                 row = self._db.execute("SELECT gen FROM chunks WHERE idx = ?", (idx,)).fetchone()
                 old = row[0] if row else 0
-                if old < self._gen and any(old <= g for g in self._views.values()):
-                    self._preserve(idx, old, newest_view)
+                if old < self._gen:
+                    started.add(idx)
+                    if any(old <= g for g in self._views.values()):
+                        self._preserve(idx, old, newest_view)
             self._db.executemany(
                 "INSERT OR REPLACE INTO chunks VALUES (?, ?)", ((i, self._gen) for i in fresh)
             )
         for idx in fresh:
             self._fresh[idx >> 3] |= 1 << (idx & 7)
+        return started
+
+    def _mark(self, start: int, end: int, first: int, last: int, started: Collection[int]) -> None:
+        """Add bytes `start` to `end` (chunks `first` to `last`) to the generation's masks."""
+        masks, size = self._masks, self.chunk_size
+        if masks:
+            for idx in range(first + 1, last):
+                masks.pop(idx, None)
+        for idx in {first, last}:
+            at = idx * size
+            mask = span_mask(max(start, at) - at, min(end, at + size) - at)
+            if idx in started:
+                if mask != self._full(idx):
+                    masks[idx] = mask
+            elif idx in masks:
+                masks[idx] |= mask
+
+    def _full(self, idx: int) -> int:
+        return full_mask(self._chunk_len(idx))
+
+    def _seal_masks(self, gen: int) -> None:
+        """Record the masks of the chunks written in generation `gen`, in the caller's commit."""
+        rows = self._db.execute("SELECT idx FROM chunks WHERE gen = ?", (gen,))
+        sealed = [(idx, gen, encode(self._masks.get(idx) or self._full(idx))) for (idx,) in rows]
+        self._db.executemany("INSERT OR REPLACE INTO masks VALUES (?, ?, ?)", sealed)
 
     def _preserve(self, idx: int, written: int, upto: int) -> None:
         offset: int | None = None

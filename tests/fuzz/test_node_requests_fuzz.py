@@ -42,8 +42,8 @@ OPS = {
         *COMMON, *REPLICA, "volume.create", "volume.delete", "volume.list", "volume.read",
         "volume.write", "volume.zero", "volume.extents", "volume.flush", "volume.freeze",
         "volume.release", "volume.commit_base", "volume.changed", "volume.read_chunks",
-        "volume.chunk_ids", "volume.allocated", "volume.redirect", "volume.hold",
-        "volume.serve_local",
+        "volume.read_blocks", "volume.chunk_ids", "volume.allocated", "volume.redirect",
+        "volume.hold", "volume.serve_local",
     ],
     "transfer-1": [
         *COMMON, "transfer.process", "transfer.snapshot", "manifest.get", "transfer.progress",
@@ -58,9 +58,10 @@ SAFE_WITH_REAL_NAMES = {
     "vm.show", "disk.locate", "snapshot.list", "snapshot.progress", "snapshot.show",
     "rollback.list", "rollback.status", "rollback.diff", "ledger.log", "retention.show",
     "retention.set", "schedule.list", "schedule.runs", "volume.read", "volume.extents",
-    "volume.changed", "volume.read_chunks", "volume.chunk_ids", "volume.allocated",
-    "volume.list", "replica.blocks", "replica.verify", "chunk.has_many", "chunk.get_many",
-    "chunk.list", "manifest.get", "transfer.progress", "transfer.restore_progress",
+    "volume.changed", "volume.read_chunks", "volume.read_blocks", "volume.chunk_ids",
+    "volume.allocated", "volume.list", "replica.blocks", "replica.verify", "chunk.has_many",
+    "chunk.get_many", "chunk.list", "manifest.get", "transfer.progress",
+    "transfer.restore_progress",
 }  # fmt: skip
 """Operations that may name the real VM and disk: a valid call of them changes nothing."""
 
@@ -69,7 +70,7 @@ KEYS = [
     "chunk_size", "ids", "items", "indexes", "start", "limit", "since", "after", "node",
     "manifest", "parent_manifest", "snapshot", "mirror", "disks", "type", "ip", "blocks",
     "records", "schedule", "cron", "tz", "anchor", "keep_last", "keep_within", "protected",
-    "fast", "auto", "gc", "dry_run", "contract", "deploy_block", "export", "position",
+    "fast", "auto", "gc", "dry_run", "contract", "deploy_block", "export", "position", "masks",
 ]  # fmt: skip
 NUMBERS = st.one_of(
     st.integers(-(2**64), 2**64 - 1),
@@ -161,6 +162,13 @@ def assert_clean_error(answer: dict[str, Any] | RemoteError, node: str, op: str)
 )
 @example(
     ("controller", "vm.register", {"name": "v", "type": "kvm", "ip": "1.2.3.4", "disks": [{}]})
+)
+@example(
+    (
+        "business-1",
+        "volume.read_blocks",
+        {"vm": FUZZ_VM, "resource_id": FUZZ_DISK, "indexes": [0], "masks": [1 << 16]},
+    )
 )
 @example(("backup-1", "chunk.put_many", {"items": [[bytes(32)]]}))
 @example(("controller", "ledger.log", {"limit": -1}))

@@ -14,7 +14,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -27,7 +27,7 @@ from hypothesis.stateful import (
 
 from nodes.blockdev import STATE_HOLE, STATE_ZERO, Extent
 from nodes.errors import VolumeError
-from nodes.volume import DEFAULT_CHUNK, ViewInfo, Volume
+from nodes.volume import BLOCK, DEFAULT_CHUNK, ViewInfo, Volume
 from tests.nodes.volume_writer import CHUNK, ITERATIONS, frozen_view, record
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -502,6 +502,263 @@ def test_the_base_survives_reopen(folder: Path) -> None:
         assert volume.dirty_chunks() == [2]
         volume.freeze("v2")
         assert list(volume.changed_chunks("v2")) == [2]
+
+
+# -- block masks -----------------------------------------------------------------------
+
+FULL = (1 << 16) - 1
+"""The mask of a whole 64 KiB chunk: sixteen 4 KiB blocks."""
+
+
+def bits(*blocks: int) -> int:
+    return sum(1 << b for b in set(blocks))
+
+
+def at(idx: int, within: int) -> int:
+    """Offset of byte `within` of 64 KiB chunk `idx`."""
+    return idx * 64 * KiB + within
+
+
+def test_a_writes_mask_holds_the_blocks_it_touched_in_each_chunk(volume: Volume) -> None:
+    volume.write_live(at(0, 0), b"x" * BLOCK)
+    volume.write_live(at(1, 3 * BLOCK + 10), b"x" * 100)
+    volume.write_live(at(2, 60 * KiB), b"x" * 8 * KiB)
+    volume.write_live(at(4, 4000), b"x" * 5000)
+    volume.write_live(at(5, 0), b"x" * 64 * KiB)
+    volume.write_live(at(6, 40 * KiB), b"x" * (2 * 64 * KiB))
+    volume.freeze("v1")
+
+    assert volume.changed_blocks("v1") == [
+        (0, bits(0)),
+        (1, bits(3)),
+        (2, bits(15)),
+        (3, bits(0)),
+        (4, bits(0, 1, 2)),
+        (5, FULL),
+        (6, bits(10, 11, 12, 13, 14, 15)),
+        (7, FULL),
+        (8, bits(0, 1, 2, 3, 4, 5, 6, 7, 8, 9)),
+    ]
+
+
+def test_masks_gather_every_write_of_the_generation(volume: Volume) -> None:
+    volume.write_live(at(0, BLOCK), b"x")
+    volume.write_live(at(0, 9 * BLOCK), b"x" * 2 * BLOCK)
+    volume.write_live(at(1, 0), b"x" * 64 * KiB)
+    volume.write_live(at(1, 0), b"x")
+    volume.write_live(at(2, 0), b"x")
+    volume.write_live(at(2, 0), b"x" * 64 * KiB)
+    volume.freeze("v1")
+
+    assert volume.changed_blocks("v1") == [(0, bits(1, 9, 10)), (1, FULL), (2, FULL)]
+
+
+def test_zeroing_and_trimming_mark_the_blocks_they_cover(volume: Volume) -> None:
+    volume.zero_live(at(3, 2 * BLOCK), 100)
+    volume.zero_live(at(4, 0), 64 * KiB)
+    asyncio.run(volume.trim(at(5, 15 * BLOCK), BLOCK + 1))
+    volume.freeze("v1")
+
+    assert volume.changed_blocks("v1") == [(3, bits(2)), (4, FULL), (5, bits(15)), (6, bits(0))]
+
+
+def test_the_short_last_chunk_has_only_the_blocks_it_holds(tmp_path: Path) -> None:
+    size = 3 * 64 * KiB + 5000  # the last chunk: a 4 KiB block and one of 904 bytes
+    with created(tmp_path / "v", size) as volume:
+        volume.write_live(size - 10, b"x" * 10)
+        volume.freeze("v1")
+        volume.zero_live(at(3, 0), 5000)
+        volume.freeze("v2")
+
+        assert volume.changed_blocks("v1") == [(3, bits(1))]
+        assert volume.changed_blocks("v2", since=1) == [(3, bits(0, 1))]
+
+
+def test_a_chunk_no_larger_than_a_block_is_one_block(tmp_path: Path) -> None:
+    with created(tmp_path / "v", 64 * KiB, 1024) as volume:
+        volume.write_live(1000, b"x" * 100)
+        volume.freeze("v1")
+
+        assert volume.changed_blocks("v1") == [(0, 1), (1, 1)]
+
+
+def test_masks_add_up_over_the_generations_after_since(volume: Volume) -> None:
+    volume.write_live(at(0, 0), b"x")
+    volume.freeze("v1")
+    volume.write_live(at(0, 5 * BLOCK), b"x")
+    volume.write_live(at(1, 2 * BLOCK), b"x")
+    volume.freeze("v2")
+    volume.write_live(at(0, 7 * BLOCK), b"x")
+    volume.freeze("v3")
+
+    assert volume.changed_blocks("v3", since=0) == [(0, bits(0, 5, 7)), (1, bits(2))]
+    assert volume.changed_blocks("v3", since=1) == [(0, bits(5, 7)), (1, bits(2))]
+    assert volume.changed_blocks("v3", since=2) == [(0, bits(7))]
+    assert volume.changed_blocks("v2", since=0) == [(0, bits(0, 5)), (1, bits(2))]
+    assert volume.changed_blocks("v2", since=2) == []
+
+
+def test_a_chunk_rewritten_after_its_view_keeps_the_mask_of_the_views_generations(
+    volume: Volume,
+) -> None:
+    volume.write_live(at(0, 0), b"x")
+    volume.freeze("v1")
+    volume.write_live(at(0, 3 * BLOCK), b"x")
+    volume.freeze("v2")
+    volume.write_live(at(0, 8 * BLOCK), b"x")  # the chunk now reaches v2 via `preserved`
+    volume.freeze("v3")
+
+    assert volume.changed_blocks("v2", since=1) == [(0, bits(3))]
+    assert volume.changed_blocks("v3", since=1) == [(0, bits(3, 8))]
+
+
+def test_changed_blocks_are_the_changed_chunks_in_the_same_order(volume: Volume) -> None:
+    rng = random.Random(7)
+    for round_ in range(4):
+        for _ in range(30):
+            offset = rng.randrange(MiB - 1)
+            volume.write_live(offset, b"x" * rng.randrange(1, min(3 * BLOCK, MiB - offset)))
+        volume.freeze(f"v{round_}")
+    for name, since in (("v3", 0), ("v3", 2), ("v1", 0), ("v2", 1)):
+        found = volume.changed_blocks(name, since=since)
+        assert [idx for idx, _ in found] == volume.changed_chunks(name, since=since)
+        assert all(0 < mask <= FULL for _, mask in found)
+
+
+def test_sealed_masks_survive_reopen_and_the_open_generation_becomes_whole_chunks(
+    folder: Path,
+) -> None:
+    with created(folder, MiB, 64 * KiB) as volume:
+        volume.write_live(at(0, 2 * BLOCK), b"x")
+        volume.freeze("v1")
+        volume.write_live(at(1, 3 * BLOCK), b"x")
+
+    with opened(folder) as volume:
+        volume.write_live(at(1, 4 * BLOCK), b"x")
+        volume.write_live(at(2, 5 * BLOCK), b"x")
+        volume.freeze("v2")
+
+        assert volume.changed_blocks("v1") == [(0, bits(2))]
+        assert volume.changed_blocks("v2", since=1) == [(1, FULL), (2, bits(5))]
+
+
+def test_masks_lost_by_a_crash_read_as_whole_chunks(folder: Path) -> None:
+    with created(folder, MiB, 64 * KiB) as volume:
+        volume.freeze("v1")
+        volume.write_live(at(1, 3 * BLOCK), b"x")
+        with opened(folder) as reopened:  # what a kill -9 and a restart leave
+            reopened.write_live(at(1, 4 * BLOCK), b"x")
+            reopened.freeze("v2")
+            assert reopened.changed_blocks("v2", since=1) == [(1, FULL)]
+
+
+def test_committing_a_base_drops_older_masks_and_earlier_sinces_get_whole_chunks(
+    folder: Path,
+) -> None:
+    with created(folder, MiB, 64 * KiB) as volume:
+        for gen in range(1, 4):
+            volume.write_live(at(0, gen * BLOCK), b"x")
+            volume.freeze(f"v{gen}")
+
+        volume.commit_base("v2")
+
+        assert volume.changed_blocks("v3") == [(0, bits(3))]
+        assert volume.changed_blocks("v3", since=0) == [(0, FULL)]
+        assert volume.changed_blocks("v3", since=1) == [(0, FULL)]
+    with closing(sqlite3.connect(folder / "meta.sqlite")) as db:
+        assert db.execute("SELECT min(gen) FROM masks").fetchone() == (3,)
+    with opened(folder) as volume:
+        assert volume.changed_blocks("v3", since=1) == [(0, FULL)]
+        assert volume.changed_blocks("v3", since=2) == [(0, bits(3))]
+
+
+def test_a_volume_made_before_masks_has_whole_chunks_until_its_next_generation(
+    folder: Path,
+) -> None:
+    with created(folder, MiB, 64 * KiB) as volume:
+        volume.write_live(at(0, BLOCK), b"x")
+        volume.freeze("v1")
+        volume.write_live(at(1, BLOCK), b"x")
+    with closing(sqlite3.connect(folder / "meta.sqlite")) as db, db:
+        db.execute("DROP TABLE masks")
+        db.execute("DROP TABLE mask_floor")
+
+    with opened(folder) as volume:
+        volume.write_live(at(2, BLOCK), b"x")
+        volume.freeze("v2")
+        volume.write_live(at(3, BLOCK), b"x")
+        volume.freeze("v3")
+
+        assert volume.changed_blocks("v3", since=0) == [(i, FULL) for i in range(4)]
+        assert volume.changed_blocks("v3", since=1) == [(1, FULL), (2, bits(1)), (3, bits(1))]
+        assert volume.changed_blocks("v3", since=2) == [(3, bits(1))]
+
+
+SMALL_CHUNK, SMALL_SIZE = 16 * KiB, 4 * 16 * KiB + 5 * KiB
+"""Chunks of four blocks; the last one holds two, the second of 1 KiB."""
+OPERATIONS = st.one_of(
+    st.tuples(
+        st.sampled_from(["write", "zero"]), st.integers(0, SMALL_SIZE - 1), st.integers(1, 40000)
+    ),
+    st.tuples(st.sampled_from(["freeze", "reopen", "commit"])),
+)
+
+
+def written_blocks(offset: int, length: int) -> set[tuple[int, int]]:
+    """(chunk, block) pairs of SMALL_CHUNK chunks a write covers."""
+    per = SMALL_CHUNK // BLOCK
+    return {divmod(b, per) for b in range(offset // BLOCK, (offset + length - 1) // BLOCK + 1)}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(OPERATIONS, max_size=30))
+def test_masks_are_the_blocks_written_or_whole_chunks_where_they_were_lost(
+    operations: list[tuple[object, ...]],
+) -> None:
+    gen, floor, views = 1, 1, []
+    written: set[tuple[int, int, int]] = set()  # (generation, chunk, block)
+    whole: set[tuple[int, int]] = set()  # (generation, chunk) whose masks a reopen lost
+    with tempfile.TemporaryDirectory() as root:
+        folder = Path(root) / "volume"
+        volume = Volume.create(folder, SMALL_SIZE, SMALL_CHUNK)
+        try:
+            for kind, *place in operations:
+                if kind in ("write", "zero"):
+                    offset, length = place[0], min(place[1], SMALL_SIZE - place[0])
+                    if kind == "write":
+                        volume.write_live(offset, b"w" * length)
+                    else:
+                        volume.zero_live(offset, length)
+                    written |= {(gen, c, b) for c, b in written_blocks(offset, length)}
+                elif kind == "freeze":
+                    volume.freeze(f"v{gen}")
+                    views.append(gen)
+                    gen += 1
+                elif kind == "reopen":
+                    volume.close()
+                    volume = Volume.open(folder)
+                    whole |= {(g, c) for g, c, _ in written if g == gen}
+                elif views:
+                    volume.commit_base(f"v{views[-1]}")
+                    floor = max(floor, views[-1] + 1)
+            for view in views:
+                for since in range(view):
+                    touched = {(g, c, b) for g, c, b in written if since < g <= view}
+                    expected = {}
+                    for _, c, b in sorted(touched):
+                        expected[c] = expected.get(c, 0) | 1 << b
+                    for c in expected:
+                        lost = any((g, c) in whole for g in range(since + 1, view + 1))
+                        if lost or since + 1 < floor:
+                            expected[c] = 0b11 if c == 4 else 0b1111
+                    assert volume.changed_blocks(f"v{view}", since) == sorted(expected.items())
+        finally:
+            volume.close()
+
+
+def test_changed_blocks_of_an_unknown_view_is_refused(volume: Volume) -> None:
+    with pytest.raises(VolumeError):
+        volume.changed_blocks("nope")
 
 
 # -- allocation ----------------------------------------------------------------------

@@ -10,8 +10,9 @@ from typing import Any
 import cbor2
 
 from ledger.merkle import merkle_root
+from nodes.block_masks import full_mask
 from nodes.errors import ManifestCorrupted
-from nodes.patches import Patch, full_mask, mask_bytes
+from nodes.patches import Patch, mask_bytes
 
 FORMAT = 1
 PATCHED_FORMAT = 2

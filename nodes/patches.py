@@ -18,11 +18,10 @@ import hmac
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from nodes.block_masks import BLOCK, block_count, full_mask
 from nodes.chunks import ChunkCodec
 from nodes.errors import ChunkCorrupted
 
-BLOCK = 4096
-"""Bytes in a block, the unit of sub-chunk dirty tracking."""
 Get = Callable[[list[bytes]], Awaitable[dict[bytes, bytes]]]
 """Fetch stored forms by chunk id (every id found, or an error)."""
 
@@ -40,41 +39,19 @@ class Patch:
         return [self.delta] if self.base is None else [self.base, self.delta]
 
 
-def blocks_in(length: int) -> int:
-    """Blocks in a chunk of `length` bytes."""
-    return -(-length // BLOCK)
-
-
-def full_mask(length: int) -> int:
-    """The mask of every block of a chunk of `length` bytes."""
-    return (1 << blocks_in(length)) - 1
-
-
 def mask_bytes(mask: int, length: int) -> bytes:
     """A mask as fixed-width little-endian bytes for a chunk of `length` bytes."""
-    return mask.to_bytes(-(-blocks_in(length) // 8), "little")
-
-
-def block_count(mask: int) -> int:
-    """How many blocks a mask selects."""
-    return mask.bit_count()
+    return mask.to_bytes(-(-block_count(length) // 8), "little")
 
 
 def spans(mask: int, length: int) -> list[tuple[int, int]]:
     """The (offset, length) in the chunk of each block of `mask`, in order."""
     out = []
-    for block in range(blocks_in(length)):
+    for block in range(block_count(length)):
         if mask >> block & 1:
             start = block * BLOCK
             out.append((start, min(BLOCK, length - start)))
     return out
-
-
-def select(chunk: bytes, mask: int, length: int) -> bytes:
-    """The blocks of `mask` cut out of a whole chunk (``b""`` means zeros)."""
-    if not chunk:
-        return bytes(sum(n for _start, n in spans(mask, length)))
-    return b"".join(chunk[start : start + n] for start, n in spans(mask, length))
 
 
 def apply(base: bytes | None, blocks: bytes, mask: int, length: int) -> bytes:

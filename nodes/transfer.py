@@ -11,11 +11,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from ledger.errors import VmsnapError
+from nodes.block_masks import block_count
 from nodes.chunks import ChunkCodec, is_zero
 from nodes.config import Config
 from nodes.manifest import Manifest
 from nodes.manifest_store import load_manifest, store_manifest
-from nodes.patches import Patch, blocks_in, read_chunks
+from nodes.patches import Patch, read_chunks
 from nodes.peers import Peers, node_names
 from nodes.replication import BackupCluster
 from nodes.request_args import integer, text
@@ -289,7 +290,7 @@ def _plan(
             continue
         prior = parent.patches.get(idx)
         needed = written | (prior.mask if prior else 0)
-        if needed.bit_count() * 2 > blocks_in(parent.chunk_length(idx)):
+        if needed.bit_count() * 2 > block_count(parent.chunk_length(idx)):
             whole.append(idx)
         else:
             partial.append((idx, prior.base if prior else parent.chunk_map.get(idx), needed))

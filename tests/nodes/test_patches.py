@@ -9,10 +9,11 @@ import cbor2
 import pytest
 
 from ledger.merkle import merkle_root
+from nodes.block_masks import BLOCK, pick_blocks
 from nodes.chunks import ChunkCodec
 from nodes.errors import ChunkCorrupted, ManifestCorrupted
 from nodes.manifest import Manifest
-from nodes.patches import BLOCK, Patch, apply, full_mask, read_chunks, select
+from nodes.patches import Patch, apply, read_chunks
 
 CHUNK = 64 * 1024
 CODEC = ChunkCodec(bytes(range(32)))
@@ -30,7 +31,7 @@ def test_select_then_apply_rebuilds_the_chunk_including_a_short_last_block() -> 
     expected = bytearray(old)
     expected[BLOCK : 2 * BLOCK] = new[BLOCK : 2 * BLOCK]
     expected[3 * BLOCK :] = new[3 * BLOCK :]
-    blocks = select(bytes(new), mask, length)
+    blocks = pick_blocks(bytes(new), mask)
     assert len(blocks) == BLOCK + 100
     assert apply(old, blocks, mask, length) == bytes(expected)
 
@@ -53,7 +54,9 @@ def test_apply_refuses_blocks_that_do_not_fit_the_mask(blocks: bytes, mask: int)
 
 def _manifest(patches: dict[int, Patch] | None = None) -> Manifest:
     entries = ((0, b"a" * 32), (2, b"b" * 32), (5, b"c" * 32))
-    return Manifest("s1", "vm", "root", 5 * CHUNK + 3 * BLOCK + 100, CHUNK, None, entries, patches or {})
+    return Manifest(
+        "s1", "vm", "root", 5 * CHUNK + 3 * BLOCK + 100, CHUNK, None, entries, patches or {}
+    )
 
 
 def test_a_manifest_without_patches_keeps_format_1_bytes_and_root() -> None:
@@ -143,7 +146,7 @@ def test_read_chunks_rebuilds_patched_chunks_and_checks_them_against_their_ids()
     base_id = store.put(base)
     new = bytearray(base)
     new[BLOCK * 3 : BLOCK * 4] = _blob(rng, BLOCK)
-    delta = store.put(select(bytes(new), 1 << 3, CHUNK))
+    delta = store.put(pick_blocks(bytes(new), 1 << 3))
     holey = bytearray(CHUNK)
     holey[0:BLOCK] = b"\x01" * BLOCK
     hole_delta = store.put(bytes(holey[:BLOCK]))
@@ -160,9 +163,3 @@ def test_read_chunks_rebuilds_patched_chunks_and_checks_them_against_their_ids()
     misfit = [(base_id, Patch(base_id, delta, 0b11 << 3), CHUNK)]
     with pytest.raises(ChunkCorrupted, match="does not apply"):
         asyncio.run(read_chunks(store.get, CODEC, misfit))
-
-
-def test_full_mask_counts_a_short_last_block() -> None:
-    assert full_mask(CHUNK) == 0xFFFF
-    assert full_mask(BLOCK + 1) == 0b11
-    assert full_mask(512) == 1

@@ -177,11 +177,11 @@ class Pipeline:
                 "volume.read_blocks",
                 {
                     **source.args(),
-                    "indexes": [idx for idx, _base, _mask in partial[i : i + BATCH]],
-                    "masks": [mask for _idx, _base, mask in partial[i : i + BATCH]],
+                    "indexes": [idx for idx, _base, _mask in partial[i : i + READ_CALL]],
+                    "masks": [mask for _idx, _base, mask in partial[i : i + READ_CALL]],
                 },
             )
-            for i in range(0, len(partial), BATCH)
+            for i in range(0, len(partial), READ_CALL)
         ]
         replies = await asyncio.gather(*chunk_calls, *block_calls)
         chunk_replies, block_replies = replies[: len(chunk_calls)], replies[len(chunk_calls) :]

@@ -31,3 +31,19 @@ def kill_node(root: Path, node: str, forget: bool = False) -> None:
         time.sleep(0.02)
     if forget:
         (root / "data" / "run" / f"{node}.json").unlink(missing_ok=True)
+
+
+def alter_stored_copies(root: Path, chunk_id: bytes, at: int = 2, flip: int = 0xFF) -> int:
+    """Flip bits of byte `at` of the stored form of `chunk_id` in every backup node's packs.
+
+    Returns how many copies were altered (a pack record starts ``VCR1 | id | length | id``).
+    """
+    altered = 0
+    for pack in (root / "data" / "nodes").glob("backup-*/chunks/packs/*.pack"):
+        data = bytearray(pack.read_bytes())
+        found = data.find(b"VCR1" + chunk_id)
+        if found >= 0:
+            data[found + 4 + 32 + 4 + 32 + at] ^= flip
+            pack.write_bytes(bytes(data))
+            altered += 1
+    return altered

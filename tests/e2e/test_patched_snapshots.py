@@ -17,7 +17,7 @@ from nodes.manifest_store import load_manifest
 from nodes.peers import Peers, node_names
 from nodes.replication import BackupCluster
 from tests.cli.conftest import Deployment, running
-from tests.e2e.processes import kill_node
+from tests.e2e.processes import alter_stored_copies, kill_node
 from tests.e2e.qemu import qemu_io
 
 pytestmark = pytest.mark.slow
@@ -129,20 +129,9 @@ def test_a_few_written_blocks_are_read_and_stored_as_patches_and_read_back_whole
         assert net.json("snapshot", "verify", snap["id"])["ok"] is True
 
 
-def test_verify_fails_loudly_when_every_copy_of_a_delta_is_altered(
-    net: Deployment, tmp_path: Path
-) -> None:
+def test_verify_fails_loudly_when_every_copy_of_a_delta_is_altered(net: Deployment) -> None:
     snap = net.json("snapshot", "show", net.json("snapshot", "list", "pt-01")[-1]["id"])
-    delta = _manifest(net, snap).patches[0].delta
-    altered = 0
-    for pack in (net.root / "data" / "nodes").glob("backup-*/chunks/packs/*.pack"):
-        data = bytearray(pack.read_bytes())
-        at = data.find(b"VCR1" + delta)
-        if at >= 0:
-            data[at + 4 + 32 + 4 + 32 + 2] ^= 0xFF
-            pack.write_bytes(bytes(data))
-            altered += 1
-    assert altered == 2
+    assert alter_stored_copies(net.root, _manifest(net, snap).patches[0].delta) == 2
     result = net.run("snapshot", "verify", snap["id"])
     assert result.exit_code == 6
     assert "failed verification" in result.output

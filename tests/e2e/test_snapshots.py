@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 
 from tests.anvil import fund, running_anvil
 from tests.cli.conftest import Deployment, make_deployment
-from tests.e2e.processes import kill_node, runfile
+from tests.e2e.processes import alter_stored_copies, kill_node, runfile
 from tests.e2e.qemu import qemu_img, qemu_io, tool
 from tests.postgres import PostgresServer
 
@@ -189,16 +189,7 @@ def test_snapshot_verify_fails_loudly_when_every_copy_of_a_chunk_is_altered(
     image.write_bytes(bytes(3 * MiB) + victim)
     net.ok("disk", "import", "victim-01", "root", str(image))
     snap = net.json("snapshot", "create", "victim-01")
-    chunk_id = net.codec().chunk_id(victim)
-    altered = 0
-    for pack in (net.root / "data" / "nodes").glob("backup-*/chunks/packs/*.pack"):
-        data = bytearray(pack.read_bytes())
-        at = data.find(b"VCR1" + chunk_id)
-        if at >= 0:
-            data[at + 4 + 32 + 4 + 32 + 2] ^= 0xFF
-            pack.write_bytes(bytes(data))
-            altered += 1
-    assert altered == 2
+    assert alter_stored_copies(net.root, net.codec().chunk_id(victim)) == 2
     result = net.run("snapshot", "verify", snap["id"])
     assert result.exit_code == 6
     assert "failed verification" in result.output
@@ -372,15 +363,7 @@ def test_snapshot_verify_fails_when_a_manifest_is_altered_on_every_replica(
     net.ok("disk", "import", "mani-01", "root", str(image))
     snap = net.json("snapshot", "create", "mani-01")
     manifest_id = bytes.fromhex(snap["disk_details"][0]["manifest"])
-    altered = 0
-    for pack in (net.root / "data" / "nodes").glob("backup-*/chunks/packs/*.pack"):
-        data = bytearray(pack.read_bytes())
-        at = data.find(b"VCR1" + manifest_id)
-        if at >= 0:
-            data[at + 4 + 32 + 4 + 32 + 1] ^= 0x01
-            pack.write_bytes(bytes(data))
-            altered += 1
-    assert altered == 2
+    assert alter_stored_copies(net.root, manifest_id, at=1, flip=0x01) == 2
     result = net.run("snapshot", "verify", snap["id"])
     assert result.exit_code == 6
     assert "manifest unreadable" in result.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import cbor2
 
 from nodes.chunks import ChunkCodec
@@ -10,6 +12,7 @@ from nodes.manifest import Manifest
 from nodes.replication import BackupCluster
 
 PIECE = 4 * 1024 * 1024
+CACHED_ENTRIES = 1_000_000
 
 
 async def put_blobs(cluster: BackupCluster, codec: ChunkCodec, plain: list[bytes]) -> list[bytes]:
@@ -56,3 +59,42 @@ async def load_manifest(cluster: BackupCluster, codec: ChunkCodec, manifest_id: 
     found = await cluster.get(pieces)
     blob = b"".join(codec.decode(p, found[p]) for p in pieces)
     return Manifest.decode(blob)
+
+
+class ManifestCache:
+    """Decoded manifests by id, newest used last, holding at most `limit` entries in all.
+
+    A manifest id names its content, so a cached manifest is what loading it again
+    would return: the transfer node keeps the manifests it stored and builds the next
+    incremental on its parent without fetching and decoding it.
+    """
+
+    def __init__(self, limit: int = CACHED_ENTRIES) -> None:
+        self.limit = limit
+        self._held: OrderedDict[bytes, Manifest] = OrderedDict()
+        self._entries = 0
+
+    def get(self, manifest_id: bytes) -> Manifest | None:
+        """The cached manifest, or None."""
+        manifest = self._held.get(manifest_id)
+        if manifest is not None:
+            self._held.move_to_end(manifest_id)
+        return manifest
+
+    def put(self, manifest_id: bytes, manifest: Manifest) -> None:
+        """Keep `manifest`, dropping the least recently used beyond the limit."""
+        if manifest_id in self._held or len(manifest.entries) > self.limit:
+            return
+        self._held[manifest_id] = manifest
+        self._entries += len(manifest.entries)
+        while self._entries > self.limit:
+            _old_id, old = self._held.popitem(last=False)
+            self._entries -= len(old.entries)
+
+    async def load(self, cluster: BackupCluster, codec: ChunkCodec, manifest_id: bytes) -> Manifest:
+        """The manifest, from the cache or else fetched, checked and kept."""
+        manifest = self.get(manifest_id)
+        if manifest is None:
+            manifest = await load_manifest(cluster, codec, manifest_id)
+            self.put(manifest_id, manifest)
+        return manifest

@@ -15,7 +15,7 @@ from nodes.block_masks import block_count
 from nodes.chunks import ChunkCodec, is_zero
 from nodes.config import Config
 from nodes.manifest import Manifest
-from nodes.manifest_store import load_manifest, store_manifest
+from nodes.manifest_store import ManifestCache, load_manifest, store_manifest
 from nodes.patches import Patch, read_chunks
 from nodes.peers import Peers, node_names
 from nodes.replication import BackupCluster
@@ -311,6 +311,7 @@ class Transfer:
         self.pipeline = Pipeline(self.peers, cluster, codec)
         self.processed = 0
         self.restoring: dict[str, dict[str, int]] = {}
+        self.manifests = ManifestCache()
 
     @classmethod
     async def open(cls, config: Config, name: str) -> Transfer:
@@ -370,7 +371,7 @@ class Transfer:
         parent_id = args.get("parent_manifest")
         parent = None
         if isinstance(parent_id, bytes):
-            parent = await load_manifest(self.cluster, self.codec, parent_id)
+            parent = await self.manifests.load(self.cluster, self.codec, parent_id)
             if (parent.size, parent.chunk_size) != (size, chunk_size):
                 parent = None
         stats = await self.pipeline.run(source, None if parent else 0, parent)
@@ -383,6 +384,7 @@ class Transfer:
                 snapshot, source.vm, source.resource_id, size, chunk_size, None, entries
             )
         manifest_id = await store_manifest(self.cluster, self.codec, manifest)
+        self.manifests.put(manifest_id, manifest)
         self.processed += 1
         return {
             "resource_id": source.resource_id,

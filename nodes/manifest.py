@@ -12,7 +12,7 @@ import cbor2
 from ledger.merkle import merkle_root
 from nodes.block_masks import full_mask
 from nodes.errors import ManifestCorrupted
-from nodes.patches import Patch, mask_bytes
+from nodes.patches import Patch, mask_bytes, stored_ids
 
 FORMAT = 1
 PATCHED_FORMAT = 2
@@ -131,10 +131,9 @@ class Manifest:
             if not last < index < chunks or len(chunk_id) != ID_SIZE:
                 raise ManifestCorrupted(f"manifest {self.snapshot}: bad entry {index}")
             last = index
-        ids = dict(self.entries)
         for index, patch in self.patches.items():
             if (
-                index not in ids
+                index not in self.chunk_map
                 or len(patch.delta) != ID_SIZE
                 or (patch.base is not None and len(patch.base) != ID_SIZE)
                 or not 0 < patch.mask <= full_mask(self.chunk_length(index))
@@ -172,10 +171,7 @@ class Manifest:
 
     def chunk_ids(self) -> set[bytes]:
         """Every stored chunk the manifest references (a patched entry's base and delta)."""
-        ids = {chunk_id for index, chunk_id in self.entries if index not in self.patches}
-        for patch in self.patches.values():
-            ids.update(patch.stored_ids())
-        return ids
+        return stored_ids(self.chunk_map, self.patches)
 
     @cached_property
     def chunk_map(self) -> dict[int, bytes]:

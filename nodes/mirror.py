@@ -31,7 +31,7 @@ import cbor2
 from nodes.chunks import ChunkCodec, is_zero
 from nodes.errors import NodeError
 from nodes.journal import Journal, Record
-from nodes.patches import Patch, read_chunks
+from nodes.patches import Patch, read_chunks, stored_ids
 from nodes.replication import BackupCluster
 
 CACHE_CHUNKS = 256
@@ -157,10 +157,7 @@ class Mirror:
 
     def stored_ids(self) -> set[bytes]:
         """The stored chunks the base map reads (a patched entry's base and delta)."""
-        ids = {chunk for index, chunk in self.base.items() if index not in self.patches}
-        for patch in self.patches.values():
-            ids.update(patch.stored_ids())
-        return ids
+        return stored_ids(self.base, self.patches)
 
     def _length(self, index: int) -> int:
         return min(self.meta.chunk_size, self.meta.size - index * self.meta.chunk_size)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from nodes.block_masks import BLOCK, block_count, full_mask
@@ -37,6 +37,14 @@ class Patch:
     def stored_ids(self) -> list[bytes]:
         """The stored chunks this patch reads."""
         return [self.delta] if self.base is None else [self.base, self.delta]
+
+
+def stored_ids(chunks: Mapping[int, bytes], patches: Mapping[int, Patch]) -> set[bytes]:
+    """The stored chunks a map index -> chunk id reads: a patched index's base and delta."""
+    ids = {chunk for index, chunk in chunks.items() if index not in patches}
+    for patch in patches.values():
+        ids.update(patch.stored_ids())
+    return ids
 
 
 def mask_bytes(mask: int, length: int) -> bytes:

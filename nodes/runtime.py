@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from ledger.errors import InputError
@@ -44,8 +46,22 @@ def run_node(config: Config, role: str, name: str, reply_delay: float = 0.0) -> 
         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
     )
     if role in BACKGROUND_ROLES and config.storage.background_nice:
-        os.nice(config.storage.background_nice)
+        lower_priority(config.storage.background_nice)
     asyncio.run(_serve(config, role, name, reply_delay))
+
+
+def lower_priority(nice: int) -> None:
+    """Give this process, and the session it leads, CPU niceness `nice`.
+
+    Every node leads a session of its own, and Linux's autogroup scheduling shares the CPU
+    between sessions before it looks at a process's own niceness. So the session's
+    niceness (``/proc/self/autogroup``) is set too; without it a busy transfer node would
+    take as much CPU as the business node serving the VMs' disks. A kernel without
+    autogroups has no such file, and the process niceness alone ranks the node.
+    """
+    os.nice(nice)
+    with contextlib.suppress(OSError):
+        Path("/proc/self/autogroup").write_text(str(nice))
 
 
 def rpc_port(config: Config, role: str, name: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import sqlite3
 from collections.abc import Iterator
@@ -80,6 +81,20 @@ def test_up_starts_the_default_topology(net: Deployment) -> None:
         ("transfer-1", "transfer"),
     ]
     assert all(r["state"] == "up" and r["host"] == "127.0.0.1" and r["port"] for r in rows)
+
+
+def test_transfer_and_backup_nodes_yield_the_cpu_to_the_business_node(net: Deployment) -> None:
+    """Their niceness holds across sessions: each node leads its own, and autogroups rank them."""
+    niceness = {}
+    for name, run in _run(net).items():
+        pid = int(run["pid"])
+        group = Path(f"/proc/{pid}/autogroup")
+        session = int(group.read_text().split()[-1]) if group.exists() else None
+        niceness[name] = (os.getpriority(os.PRIO_PROCESS, pid), session)
+    expected = {"controller": 0, "business-1": 0, "transfer-1": 10}
+    expected |= {f"backup-{i}": 10 for i in (1, 2, 3)}
+    autogroups = Path("/proc/self/autogroup").exists()
+    assert niceness == {name: (n, n if autogroups else None) for name, n in expected.items()}
 
 
 def test_registered_disks_are_placed_on_a_business_node_on_the_ledger(net: Deployment) -> None:

@@ -21,6 +21,13 @@ VICTIMS = {
     "backup": "backup-1",
 }
 """The node of each role a crash point kills (the controller kills itself)."""
+SNAPSHOT_STEPS = [
+    "snapshot.requested",
+    "snapshot.frozen",
+    "snapshot.processed",
+    "snapshot.committed",
+]
+"""The crash points of snapshot create, in workflow order."""
 
 
 def vm_name(point: str, role: str) -> str:

@@ -13,6 +13,7 @@ import pytest
 from tests.cli.conftest import Deployment
 from tests.faults.cases import (
     CHUNK,
+    SNAPSHOT_STEPS,
     VICTIMS,
     CrashPlan,
     register,
@@ -26,12 +27,6 @@ from tests.faults.tally import TALLY
 
 pytestmark = pytest.mark.slow
 MODELS: dict[str, DiskModel] = {}
-SNAPSHOT_STEPS = [
-    "snapshot.requested",
-    "snapshot.frozen",
-    "snapshot.processed",
-    "snapshot.committed",
-]
 PLAN = CrashPlan(SNAPSHOT_STEPS, list(VICTIMS))
 
 

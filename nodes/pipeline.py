@@ -20,7 +20,9 @@ from nodes.replication import BackupCluster
 A = TypeVar("A")
 B = TypeVar("B")
 BATCH = 64
+PATCH_BATCH = 256
 READ_CALL = 16
+BLOCK_CALL = 64
 IN_FLIGHT = 3
 STORERS = 2
 
@@ -141,9 +143,8 @@ class Pipeline:
             page = await self.peers.call(source.node, "volume.changed", args)
             indexes: list[int] = page["indexes"]
             masks: list[int | None] = page.get("masks") or [None] * len(indexes)
-            for i in range(0, len(indexes), BATCH):
-                plan = _plan(parent, indexes[i : i + BATCH], masks[i : i + BATCH])
-                await queue.put(await self._read_batch(source, *plan))
+            for whole, partial in _batches(_plan(parent, indexes, masks)):
+                await queue.put(await self._read_batch(source, whole, partial))
             if not page["more"] or not indexes:
                 break
             start = indexes[-1] + 1
@@ -172,11 +173,11 @@ class Pipeline:
                 "volume.read_blocks",
                 {
                     **source.args(),
-                    "indexes": [idx for idx, _base, _mask in partial[i : i + READ_CALL]],
-                    "masks": [mask for _idx, _base, mask in partial[i : i + READ_CALL]],
+                    "indexes": [idx for idx, _base, _mask in partial[i : i + BLOCK_CALL]],
+                    "masks": [mask for _idx, _base, mask in partial[i : i + BLOCK_CALL]],
                 },
             )
-            for i in range(0, len(partial), READ_CALL)
+            for i in range(0, len(partial), BLOCK_CALL)
         ]
         replies = await asyncio.gather(*chunk_calls, *block_calls)
         chunk_replies, block_replies = replies[: len(chunk_calls)], replies[len(chunk_calls) :]
@@ -273,23 +274,48 @@ class Pipeline:
         return parts[0] + parts[1]
 
 
-def _plan(
-    parent: Manifest | None, indexes: list[int], masks: list[int | None]
-) -> tuple[list[int], list[tuple[int, bytes | None, int]]]:
-    """Which changed chunks to read whole, and which as blocks (index, base, mask) for a patch."""
-    whole: list[int] = []
-    partial: list[tuple[int, bytes | None, int]] = []
+Planned = tuple[int, tuple[bytes | None, int] | None]
+"""A changed chunk's index, and the (base, mask) of its patch, or None to read it whole."""
+
+
+def _plan(parent: Manifest | None, indexes: list[int], masks: list[int | None]) -> list[Planned]:
+    """How to read each changed chunk: whole, or as the blocks (base, mask) of a patch."""
+    planned: list[Planned] = []
     for idx, written in zip(indexes, masks, strict=True):
         if parent is None or written is None:
-            whole.append(idx)
+            planned.append((idx, None))
             continue
         prior = parent.patches.get(idx)
         needed = written | (prior.mask if prior else 0)
         if needed.bit_count() * 2 > block_count(parent.chunk_length(idx)):
+            planned.append((idx, None))
+        else:
+            planned.append((idx, (prior.base if prior else parent.chunk_map.get(idx), needed)))
+    return planned
+
+
+def _batches(
+    planned: list[Planned],
+) -> list[tuple[list[int], list[tuple[int, bytes | None, int]]]]:
+    """Planned chunks in batches of at most `BATCH` whole chunks and `PATCH_BATCH` patches.
+
+    A patch's blocks are small, so a batch carries more of them: an incremental snapshot
+    takes fewer round trips to the business node and the backup cluster.
+    """
+    batches: list[tuple[list[int], list[tuple[int, bytes | None, int]]]] = []
+    whole: list[int] = []
+    partial: list[tuple[int, bytes | None, int]] = []
+    for idx, patch in planned:
+        if len(whole) == BATCH or len(partial) == PATCH_BATCH:
+            batches.append((whole, partial))
+            whole, partial = [], []
+        if patch is None:
             whole.append(idx)
         else:
-            partial.append((idx, prior.base if prior else parent.chunk_map.get(idx), needed))
-    return whole, partial
+            partial.append((idx, *patch))
+    if whole or partial:
+        batches.append((whole, partial))
+    return batches
 
 
 def first_error(group: BaseExceptionGroup[VmsnapError]) -> VmsnapError:

@@ -14,9 +14,9 @@ from ledger import access
 from ledger.service import Ledger
 from nodes.config import Config
 from nodes.request_args import text
+from nodes.server import Handler
 
 Runner = Callable[..., Awaitable[Any]]
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class AccessApi:

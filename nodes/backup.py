@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import itertools
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,11 +21,11 @@ from nodes.packs import RECORD
 from nodes.peers import Peers, node_names
 from nodes.replication import BackupCluster
 from nodes.request_args import blobs, integer
+from nodes.server import Handler
 
 if TYPE_CHECKING:
     from nodes.ledger_replica import LedgerReplica
 
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 T = TypeVar("T")
 MAX_IDS = 65536
 MAX_ITEMS = 4096

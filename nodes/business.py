@@ -8,23 +8,22 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ledger.errors import InputError, NotFound, VmsnapError
 from ledger.vm import check_disk_size, check_resource_id, check_vm_name
-from nodes.block_masks import is_mask_of, pick_blocks
-from nodes.blockdev import STATE_HOLE
-from nodes.chunks import ChunkCodec, is_zero
+from nodes.chunks import ChunkCodec
 from nodes.config import Config
 from nodes.errors import VolumeError
 from nodes.nbd import NbdServer
 from nodes.nbd_tls import check_exposure
 from nodes.peers import Peers
 from nodes.request_args import integer, text
+from nodes.server import Handler
 from nodes.stale_views import release_stale_views
 from nodes.switch import RemoteMirror, Switch
+from nodes.view_service import ViewService
 from nodes.volume import Volume
 
 if TYPE_CHECKING:
@@ -32,9 +31,7 @@ if TYPE_CHECKING:
 
 REDIRECT = "redirect.json"
 
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 MAX_IO = 4 * 1024 * 1024
-MAX_CHUNKS_PER_CALL = 64
 MIN_CHUNK = 4096
 MAX_CHUNK = 64 * 1024
 CHECKPOINT_EVERY = 2.0
@@ -64,6 +61,7 @@ class Business:
         self.root = config.node_dir(name) / "volumes"
         self.root.mkdir(parents=True, exist_ok=True)
         self.codec = ChunkCodec(config.data_key(), config.storage.compression_level)
+        self.views = ViewService(self._volume, self.codec)
         self.peers = Peers(config, name)
         self.replica: LedgerReplica | None = None
         if config.chain.replicas and config.chain.backend == "eth-tester":
@@ -149,14 +147,7 @@ class Business:
             "volume.zero": self.zero,
             "volume.extents": self.extents,
             "volume.flush": self.flush,
-            "volume.freeze": self.freeze,
-            "volume.release": self.release,
-            "volume.commit_base": self.commit_base,
-            "volume.changed": self.changed,
-            "volume.read_chunks": self.read_chunks,
-            "volume.read_blocks": self.read_blocks,
-            "volume.chunk_ids": self.chunk_ids,
-            "volume.allocated": self.allocated,
+            **self.views.handlers(),
             "volume.redirect": self.redirect,
             "volume.hold": self.hold,
             "volume.serve_local": self.serve_local,
@@ -279,60 +270,6 @@ class Business:
         await volume.flush()
         return {}
 
-    async def freeze(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Freeze the volume as a view (the initial snapshot): metadata only."""
-        _name, volume = self._volume(args)
-        info = await asyncio.to_thread(volume.freeze, text(args, "view"))
-        return {
-            "view": info.name,
-            "generation": info.generation,
-            "chunks": volume.chunks,
-            "chunk_size": volume.chunk_size,
-            "size": volume.size,
-            "base_generation": volume.base_generation,
-            "base_view": volume.base_view,
-            "changed": len(volume.changed_chunks(info.name)),
-            "written": len(volume.changed_chunks(info.name, since=0)),
-        }
-
-    async def release(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Release a view; writes stop preserving its chunks."""
-        _name, volume = self._volume(args)
-        released = await asyncio.to_thread(volume.release, text(args, "view"))
-        return {"released": released}
-
-    async def commit_base(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Make a view the baseline that dirty tracking counts from."""
-        _name, volume = self._volume(args)
-        await asyncio.to_thread(volume.commit_base, text(args, "view"))
-        return {}
-
-    async def changed(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Chunk indexes of a view changed since the baseline (or ``since``), paged.
-
-        With ``masks`` true, also the mask of each chunk's changed 4 KiB blocks.
-        """
-        _name, volume = self._volume(args)
-        view = text(args, "view")
-        since = integer(args, "since") if args.get("since") is not None else None
-        start, limit = integer(args, "start", 0), min(integer(args, "limit", 65536), 65536)
-        with_masks = False if args.get("masks") is None else args["masks"]
-        if not isinstance(with_masks, bool):
-            raise InputError("masks must be true or false")
-
-        def page() -> list[tuple[int, int]]:
-            if with_masks:
-                found = volume.changed_blocks(view, since)
-            else:
-                found = [(i, 0) for i in volume.changed_chunks(view, since)]
-            return [item for item in found if item[0] >= start][:limit]
-
-        changed = await asyncio.to_thread(page)
-        reply: dict[str, Any] = {"indexes": [i for i, _ in changed], "more": len(changed) == limit}
-        if with_masks:
-            reply["masks"] = [mask for _, mask in changed]
-        return reply
-
     async def redirect(self, args: dict[str, Any]) -> dict[str, Any]:
         """Serve the disk's export from a mirror on a backup node (fast rollback)."""
         name, volume = self._volume(args)
@@ -358,89 +295,6 @@ class Business:
         (volume.folder / REDIRECT).unlink(missing_ok=True)
         switch.release(volume)
         return {"export": name, "serving": "volume"}
-
-    async def read_chunks(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Up to 64 chunks of a view, by index: ``b""`` for an all-zero one; their plain size."""
-        _name, volume = self._volume(args)
-        indexes = args.get("indexes")
-        if not isinstance(indexes, list) or len(indexes) > MAX_CHUNKS_PER_CALL:
-            raise InputError(f"indexes must be a list of at most {MAX_CHUNKS_PER_CALL}")
-        if not all(isinstance(i, int) and 0 <= i < volume.chunks for i in indexes):
-            raise InputError("chunk index out of range")
-        view = volume.view(text(args, "view"))
-        chunks = await asyncio.to_thread(view.read_chunks, indexes)
-        size, chunk = volume.size, volume.chunk_size
-        return {"chunks": chunks, "bytes": sum(min(chunk, size - i * chunk) for i in indexes)}
-
-    async def read_blocks(self, args: dict[str, Any]) -> dict[str, Any]:
-        """The blocks `masks` select of up to 64 chunks of a view, and each whole chunk's id.
-
-        ``ids[i]`` is None for an all-zero chunk; ``blocks[i]`` concatenates the selected
-        blocks in order (a short last block stays short); ``bytes`` is their total length.
-        """
-        _name, volume = self._volume(args)
-        indexes, masks = args.get("indexes"), args.get("masks")
-        if not isinstance(indexes, list) or len(indexes) > MAX_CHUNKS_PER_CALL:
-            raise InputError(f"indexes must be a list of at most {MAX_CHUNKS_PER_CALL}")
-        if not all(isinstance(i, int) and 0 <= i < volume.chunks for i in indexes):
-            raise InputError("chunk index out of range")
-        if not isinstance(masks, list) or len(masks) != len(indexes):
-            raise InputError("masks must be a list parallel to indexes")
-        lengths = [min(volume.chunk_size, volume.size - i * volume.chunk_size) for i in indexes]
-        if not all(is_mask_of(m, n) for m, n in zip(masks, lengths, strict=True)):
-            raise InputError("each mask must select at least one block of its chunk, and no other")
-        view = volume.view(text(args, "view"))
-
-        def select() -> tuple[list[bytes | None], list[bytes]]:
-            ids: list[bytes | None] = []
-            blocks: list[bytes] = []
-            for chunk, mask, length in zip(view.read_chunks(indexes), masks, lengths, strict=True):
-                ids.append(None if is_zero(chunk) else self.codec.chunk_id(chunk))
-                blocks.append(pick_blocks(chunk or bytes(length), mask))
-            return ids, blocks
-
-        ids, blocks = await asyncio.to_thread(select)
-        return {"ids": ids, "blocks": blocks, "bytes": sum(len(b) for b in blocks)}
-
-    async def allocated(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Indexes (from `start`, at most `limit`) of chunks holding data; the rest are holes."""
-        _name, volume = self._volume(args)
-        start, limit = integer(args, "start", 0), min(integer(args, "limit", 65536), 65536)
-
-        def page() -> list[int]:
-            found: list[int] = []
-            position = start * volume.chunk_size
-            for extent in volume.allocation(position, volume.size - position):
-                if not extent.flags & STATE_HOLE:
-                    first = position // volume.chunk_size
-                    last = (position + extent.length - 1) // volume.chunk_size
-                    found.extend(i for i in range(first, last + 1) if not found or i > found[-1])
-                    if len(found) >= limit:
-                        return found[:limit]
-                position += extent.length
-            return found
-
-        indexes = await asyncio.to_thread(page)
-        return {"indexes": indexes, "more": len(indexes) == limit}
-
-    async def chunk_ids(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Ids of up to 64 live chunks (None for an all-zero chunk), to compare with a manifest."""
-        _name, volume = self._volume(args)
-        indexes = args.get("indexes")
-        if not isinstance(indexes, list) or len(indexes) > MAX_CHUNKS_PER_CALL:
-            raise InputError(f"indexes must be a list of at most {MAX_CHUNKS_PER_CALL}")
-        if not all(isinstance(i, int) and 0 <= i < volume.chunks for i in indexes):
-            raise InputError("chunk index out of range")
-
-        def ids() -> list[bytes | None]:
-            found: list[bytes | None] = []
-            for i in indexes:
-                start = i * volume.chunk_size
-                data = volume.read_live(start, min(volume.chunk_size, volume.size - start))
-                found.append(None if is_zero(data) else self.codec.chunk_id(data))
-            return found
-
-        return {"ids": await asyncio.to_thread(ids)}
 
 
 def _allocated(folder: Path) -> int:

@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -36,6 +36,7 @@ from nodes.retention_run import Retention
 from nodes.rollback import Rollbacks
 from nodes.schedule_api import ScheduleApi
 from nodes.scheduler import Scheduler
+from nodes.server import Handler
 from nodes.snapshot_audit import verify_snapshot
 from nodes.snapshots import Snapshots
 from nodes.vm_driver import VmDriverSettings, open_driver
@@ -43,7 +44,6 @@ from nodes.vm_driver import VmDriverSettings, open_driver
 T = TypeVar("T")
 RECOVERY_ATTEMPTS = 120
 log = logging.getLogger("vmsnap.controller")
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class Controller:

@@ -12,9 +12,9 @@ from ledger.service import Ledger
 from nodes.peers import Peers
 from nodes.replicated_chain import ReplicatedChain
 from nodes.request_args import text
+from nodes.server import Handler
 
 Runner = Callable[..., Awaitable[Any]]
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class LedgerApi:

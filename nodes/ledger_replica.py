@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -31,8 +31,8 @@ from ledger.txlog import LoggedBlock
 from nodes.config import Config
 from nodes.peers import Peers, node_names
 from nodes.request_args import integer
+from nodes.server import Handler
 
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 T = TypeVar("T")
 log = logging.getLogger("vmsnap.replica")
 PAGE = 256

@@ -16,8 +16,8 @@ from nodes.mirror import LocalGet, Mirror, MirrorError, MirrorMeta
 from nodes.peers import Peers
 from nodes.replication import BackupCluster, placement
 from nodes.request_args import blob, integer, text
+from nodes.server import Handler
 
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 log = logging.getLogger("vmsnap.mirrors")
 MAX_READ = 32 << 20
 JOURNAL_PAGE = 4096

@@ -18,10 +18,10 @@ from nodes.clock import Clock
 from nodes.request_args import text
 from nodes.retention_run import Retention
 from nodes.scheduler import Scheduler, anchor_text
+from nodes.server import Handler
 from nodes.snapshots import Snapshots
 
 Runner = Callable[..., Awaitable[Any]]
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 DEFAULT_NAME = "default"
 
 

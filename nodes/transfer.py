@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -16,8 +15,7 @@ from nodes.peers import Peers, node_names
 from nodes.pipeline import BATCH, Pipeline, Source
 from nodes.replication import BackupCluster
 from nodes.request_args import integer, text
-
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+from nodes.server import Handler
 
 
 class Transfer:

@@ -103,11 +103,7 @@ class ViewService:
     async def read_chunks(self, args: dict[str, Any]) -> dict[str, Any]:
         """Up to 64 chunks of a view, by index: ``b""`` for an all-zero one; their plain size."""
         _name, volume = self._volume(args)
-        indexes = args.get("indexes")
-        if not isinstance(indexes, list) or len(indexes) > MAX_CHUNKS_PER_CALL:
-            raise InputError(f"indexes must be a list of at most {MAX_CHUNKS_PER_CALL}")
-        if not all(isinstance(i, int) and 0 <= i < volume.chunks for i in indexes):
-            raise InputError("chunk index out of range")
+        indexes = _indexes(args, volume)
         view = volume.view(text(args, "view"))
         chunks = await asyncio.to_thread(view.read_chunks, indexes)
         size, chunk = volume.size, volume.chunk_size
@@ -120,11 +116,7 @@ class ViewService:
         blocks in order (a short last block stays short); ``bytes`` is their total length.
         """
         _name, volume = self._volume(args)
-        indexes, masks = args.get("indexes"), args.get("masks")
-        if not isinstance(indexes, list) or len(indexes) > MAX_CHUNKS_PER_CALL:
-            raise InputError(f"indexes must be a list of at most {MAX_CHUNKS_PER_CALL}")
-        if not all(isinstance(i, int) and 0 <= i < volume.chunks for i in indexes):
-            raise InputError("chunk index out of range")
+        indexes, masks = _indexes(args, volume), args.get("masks")
         if not isinstance(masks, list) or len(masks) != len(indexes):
             raise InputError("masks must be a list parallel to indexes")
         lengths = [min(volume.chunk_size, volume.size - i * volume.chunk_size) for i in indexes]
@@ -167,11 +159,7 @@ class ViewService:
     async def chunk_ids(self, args: dict[str, Any]) -> dict[str, Any]:
         """Ids of up to 64 live chunks (None for an all-zero chunk), to compare with a manifest."""
         _name, volume = self._volume(args)
-        indexes = args.get("indexes")
-        if not isinstance(indexes, list) or len(indexes) > MAX_CHUNKS_PER_CALL:
-            raise InputError(f"indexes must be a list of at most {MAX_CHUNKS_PER_CALL}")
-        if not all(isinstance(i, int) and 0 <= i < volume.chunks for i in indexes):
-            raise InputError("chunk index out of range")
+        indexes = _indexes(args, volume)
 
         def ids() -> list[bytes | None]:
             found: list[bytes | None] = []
@@ -182,3 +170,13 @@ class ViewService:
             return found
 
         return {"ids": await asyncio.to_thread(ids)}
+
+
+def _indexes(args: dict[str, Any], volume: Volume) -> list[int]:
+    """The request's ``indexes``: at most `MAX_CHUNKS_PER_CALL` chunks of `volume`."""
+    indexes = args.get("indexes")
+    if not isinstance(indexes, list) or len(indexes) > MAX_CHUNKS_PER_CALL:
+        raise InputError(f"indexes must be a list of at most {MAX_CHUNKS_PER_CALL}")
+    if not all(isinstance(i, int) and 0 <= i < volume.chunks for i in indexes):
+        raise InputError("chunk index out of range")
+    return indexes

@@ -80,6 +80,26 @@ class CrashPlan:
             up(net, {CRASH_ENV: self.spec()})
 
 
+def interrupted_snapshot(
+    net: Deployment, model: DiskModel, plan: CrashPlan, point: str, role: str
+) -> dict[str, Any]:
+    """A snapshot of the VM that `plan` interrupts at `point`: its row once it has settled.
+
+    An acknowledged snapshot must end committed; a failed command says why in one line.
+    """
+    answered = net.run("snapshot", "create", model.vm, "--json")
+    plan.restarted(net, point, role)
+    snap = settled_snapshot(net, model.vm)
+    if answered.exit_code == 0:
+        assert snap["status"] == "committed", "an acknowledged snapshot stays committed"
+    else:
+        assert answered.output.count("\n") == 1, answered.output
+    if snap["status"] == "committed":
+        model.snapshot_taken(snap["id"])
+    TALLY.ended(snap["status"] == "committed")
+    return snap
+
+
 def take(net: Deployment, model: DiskModel) -> str:
     """A committed snapshot of the VM as it is now; its id."""
     snap = net.json("snapshot", "create", model.vm)

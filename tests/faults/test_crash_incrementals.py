@@ -20,8 +20,8 @@ from tests.faults.cases import (
     SNAPSHOT_STEPS,
     VICTIMS,
     CrashPlan,
+    interrupted_snapshot,
     register,
-    settled_snapshot,
     snapshots,
     take,
     vm_name,
@@ -53,20 +53,12 @@ def test_a_patched_incremental_interrupted_by_kill_9_is_committed_or_undone(
     plan.arm(net)
     for offset, length, pattern in BLOCK_WRITES:
         model.write(net, offset, length, pattern)
-    answered = net.run("snapshot", "create", model.vm, "--json")
-    plan.restarted(net, point, role)
-    snap = settled_snapshot(net, model.vm)
-    if answered.exit_code == 0:
-        assert snap["status"] == "committed", "an acknowledged snapshot stays committed"
-    else:
-        assert answered.output.count("\n") == 1, answered.output
-    if snap["status"] == "committed":
-        model.snapshot_taken(snap["id"])
-        if role != "business" or point != "snapshot.requested":
-            # The written blocks were sealed at the freeze: only they are read, as patches.
-            # (A business node killed before the freeze forgets them: whole chunks then.)
-            assert _bytes_read(net, snap["id"]) == sum(n for _o, n, _p in BLOCK_WRITES)
-    TALLY.ended(snap["status"] == "committed")
+    snap = interrupted_snapshot(net, model, plan, point, role)
+    # The written blocks are sealed at the freeze, and then only they are read, as patches;
+    # a business node killed before the freeze forgets them, and whole chunks are read.
+    blocks_kept = role != "business" or point != "snapshot.requested"
+    if snap["status"] == "committed" and blocks_kept:
+        assert _bytes_read(net, snap["id"]) == sum(n for _o, n, _p in BLOCK_WRITES)
     invariants.check(MODELS.values())
     model.write(net, 3 * BLOCK, BLOCK, 0x25)
     take(net, model)

@@ -16,14 +16,13 @@ from tests.faults.cases import (
     SNAPSHOT_STEPS,
     VICTIMS,
     CrashPlan,
+    interrupted_snapshot,
     register,
-    settled_snapshot,
     snapshots,
     take,
     vm_name,
 )
 from tests.faults.invariants import DiskModel, Invariants
-from tests.faults.tally import TALLY
 
 pytestmark = pytest.mark.slow
 MODELS: dict[str, DiskModel] = {}
@@ -43,16 +42,7 @@ def test_a_snapshot_interrupted_by_kill_9_is_committed_or_undone(
 ) -> None:
     model = register(net, vm_name(point, role), MODELS)
     model.write(net, 0, 4 * CHUNK, 0x11)
-    answered = net.run("snapshot", "create", model.vm, "--json")
-    PLAN.restarted(net, point, role)
-    snap = settled_snapshot(net, model.vm)
-    if answered.exit_code == 0:
-        assert snap["status"] == "committed", "an acknowledged snapshot stays committed"
-    else:
-        assert answered.output.count("\n") == 1, answered.output
-    if snap["status"] == "committed":
-        model.snapshot_taken(snap["id"])
-    TALLY.ended(snap["status"] == "committed")
+    interrupted_snapshot(net, model, PLAN, point, role)
     invariants.check(MODELS.values())
     model.write(net, 8 * CHUNK, CHUNK, 0x12)
     take(net, model)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ledger.errors import VmsnapError
-from nodes.block_masks import block_count
+from nodes.block_masks import BLOCK, block_count
 from nodes.chunks import ChunkCodec, is_zero
 from nodes.manifest import Manifest
 from nodes.patches import Patch
@@ -23,6 +23,8 @@ BATCH = 64
 PATCH_BATCH = 256
 READ_CALL = 16
 BLOCK_CALL = 64
+BLOCK_CALL_BYTES = 512 * 1024
+"""At most this many bytes of blocks per `volume.read_blocks` answer: half the smallest frame."""
 IN_FLIGHT = 3
 STORERS = 2
 
@@ -173,11 +175,11 @@ class Pipeline:
                 "volume.read_blocks",
                 {
                     **source.args(),
-                    "indexes": [idx for idx, _base, _mask in partial[i : i + BLOCK_CALL]],
-                    "masks": [mask for _idx, _base, mask in partial[i : i + BLOCK_CALL]],
+                    "indexes": [idx for idx, _base, _mask in group],
+                    "masks": [mask for _idx, _base, mask in group],
                 },
             )
-            for i in range(0, len(partial), BLOCK_CALL)
+            for group in _block_calls(partial)
         ]
         replies = await asyncio.gather(*chunk_calls, *block_calls)
         chunk_replies, block_replies = replies[: len(chunk_calls)], replies[len(chunk_calls) :]
@@ -316,6 +318,22 @@ def _batches(
     if whole or partial:
         batches.append((whole, partial))
     return batches
+
+
+def _block_calls(
+    partial: list[tuple[int, bytes | None, int]],
+) -> list[list[tuple[int, bytes | None, int]]]:
+    """Patched chunks in calls of at most `BLOCK_CALL` chunks and `BLOCK_CALL_BYTES` of blocks."""
+    calls: list[list[tuple[int, bytes | None, int]]] = []
+    size = 0
+    for item in partial:
+        wanted = item[2].bit_count() * BLOCK
+        if not calls or len(calls[-1]) == BLOCK_CALL or size + wanted > BLOCK_CALL_BYTES:
+            calls.append([])
+            size = 0
+        calls[-1].append(item)
+        size += wanted
+    return calls
 
 
 def first_error(group: BaseExceptionGroup[VmsnapError]) -> VmsnapError:

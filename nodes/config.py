@@ -20,8 +20,12 @@ if TYPE_CHECKING:
 
 CONFIG_NAME = "vmsnap.toml"
 MAX_FRAME = 16 * 1024 * 1024
-MIN_FRAME = 1024 * 1024
-"""The smallest wire.max_frame: a batch of chunks of the largest size must fit in a frame."""
+MIN_FRAME = 2 * 1024 * 1024
+"""The smallest wire.max_frame: the largest batches of chunks must fit in a frame.
+
+Sixteen incompressible 64 KiB chunks (a ``volume.read_chunks`` answer), or a
+``chunk.put_many`` batch of 1 MiB and one chunk more, are a little over 1 MiB framed.
+"""
 MAX_BASE_PORT = 65535 - 64
 """Every node's port (base plus the offset of its role and its index) must stay a port."""
 TRUE_WORDS = ("true", "yes", "on", "1")

@@ -1,15 +1,19 @@
-"""The key files and [nbd] settings as the configuration reads them."""
+"""The key files, [nbd] and [wire] settings as the configuration reads them."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from eth_account import Account
 
 from ledger.errors import ConfigError
-from nodes.config import load_config
+from nodes.config import MIN_FRAME, load_config
 from nodes.deployment import init_deployment
+from nodes.pipeline import READ_CALL
+from nodes.replication import _batches as replication_batches
+from nodes.wire import encode_frame
 
 
 def rewrite(path: Path, old: str, new: str) -> None:
@@ -97,3 +101,25 @@ def test_nbd_listens_on_loopback_by_default(tmp_path: Path) -> None:
 
     assert config.nbd.host == "127.0.0.1"
     assert config.nbd_tls() is None
+
+
+def test_a_frame_limit_below_the_largest_chunk_batches_is_refused(tmp_path: Path) -> None:
+    created = init_deployment(tmp_path)
+    rewrite(created.config.path, "max_frame = 16777216", "max_frame = 1048576")
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(created.config.path, {})
+
+    assert caught.value.message == (
+        f"configuration wire.max_frame: must be {MIN_FRAME} to {2**32 - 1} bytes"
+    )
+
+
+def test_the_smallest_frame_limit_carries_the_largest_chunk_batches() -> None:
+    chunks = [os.urandom(64 * 1024) for _ in range(READ_CALL)]
+    answer = {"id": 1, "result": {"chunks": chunks, "bytes": len(chunks) * 64 * 1024}}
+    assert len(encode_frame(answer, MIN_FRAME)) > 1024 * 1024
+    items = [[os.urandom(32), os.urandom(64 * 1024 + 29)] for _ in range(40)]
+    for batch in replication_batches(items):
+        request = {"id": 2, "op": "chunk.put_many", "args": {"items": batch, "sync": False}}
+        encode_frame(request, MIN_FRAME)

@@ -27,6 +27,10 @@ BLOCK_CALL_BYTES = 512 * 1024
 """At most this many bytes of blocks per `volume.read_blocks` answer: half the smallest frame."""
 IN_FLIGHT = 3
 STORERS = 2
+Planned = tuple[int, tuple[bytes | None, int] | None]
+"""A changed chunk's index, and the (base, mask) of its patch, or None to read it whole."""
+PatchRead = tuple[int, bytes | None, int]
+"""A chunk to read as the blocks of a patch: index, base id (None: a hole), mask."""
 
 
 @dataclass
@@ -154,7 +158,7 @@ class Pipeline:
             await queue.put(None)
 
     async def _read_batch(
-        self, source: Source, whole: list[int], partial: list[tuple[int, bytes | None, int]]
+        self, source: Source, whole: list[int], partial: list[PatchRead]
     ) -> Batch:
         """Read in small calls, so the business node never stalls its VMs' I/O for long.
 
@@ -276,10 +280,6 @@ class Pipeline:
         return parts[0] + parts[1]
 
 
-Planned = tuple[int, tuple[bytes | None, int] | None]
-"""A changed chunk's index, and the (base, mask) of its patch, or None to read it whole."""
-
-
 def _plan(parent: Manifest | None, indexes: list[int], masks: list[int | None]) -> list[Planned]:
     """How to read each changed chunk: whole, or as the blocks (base, mask) of a patch."""
     planned: list[Planned] = []
@@ -298,15 +298,15 @@ def _plan(parent: Manifest | None, indexes: list[int], masks: list[int | None]) 
 
 def _batches(
     planned: list[Planned],
-) -> list[tuple[list[int], list[tuple[int, bytes | None, int]]]]:
+) -> list[tuple[list[int], list[PatchRead]]]:
     """Planned chunks in batches of at most `BATCH` whole chunks and `PATCH_BATCH` patches.
 
     A patch's blocks are small, so a batch carries more of them: an incremental snapshot
     takes fewer round trips to the business node and the backup cluster.
     """
-    batches: list[tuple[list[int], list[tuple[int, bytes | None, int]]]] = []
+    batches: list[tuple[list[int], list[PatchRead]]] = []
     whole: list[int] = []
-    partial: list[tuple[int, bytes | None, int]] = []
+    partial: list[PatchRead] = []
     for idx, patch in planned:
         if len(whole) == BATCH or len(partial) == PATCH_BATCH:
             batches.append((whole, partial))
@@ -321,10 +321,10 @@ def _batches(
 
 
 def _block_calls(
-    partial: list[tuple[int, bytes | None, int]],
-) -> list[list[tuple[int, bytes | None, int]]]:
+    partial: list[PatchRead],
+) -> list[list[PatchRead]]:
     """Patched chunks in calls of at most `BLOCK_CALL` chunks and `BLOCK_CALL_BYTES` of blocks."""
-    calls: list[list[tuple[int, bytes | None, int]]] = []
+    calls: list[list[PatchRead]] = []
     size = 0
     for item in partial:
         wanted = item[2].bit_count() * BLOCK

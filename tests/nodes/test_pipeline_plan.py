@@ -11,6 +11,7 @@ from nodes.pipeline import (
     BLOCK_CALL,
     BLOCK_CALL_BYTES,
     PATCH_BATCH,
+    PatchRead,
     Planned,
     _batches,
     _block_calls,
@@ -38,7 +39,7 @@ def test_batches_hold_every_chunk_once_in_order_and_are_full_but_the_last(
 
 @given(st.lists(st.integers(min_value=1, max_value=(1 << 8) - 1), max_size=4 * BLOCK_CALL))
 def test_block_reads_are_split_so_each_answer_fits_its_limits(masks: list[int]) -> None:
-    partial: list[tuple[int, bytes | None, int]] = [(i, None, m) for i, m in enumerate(masks)]
+    partial: list[PatchRead] = [(i, None, m) for i, m in enumerate(masks)]
     calls = _block_calls(partial)
     assert [item for call in calls for item in call] == partial
     sizes = [sum(mask.bit_count() * BLOCK for _i, _b, mask in call) for call in calls]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -21,6 +23,12 @@ from nodes.server import NodeServer
 ROLES = ("controller", "business", "transfer", "backup")
 BACKGROUND_ROLES = ("transfer", "backup")
 PORT_OFFSETS = {"controller": 0, "business": 10, "transfer": 20, "backup": 30}
+KEEP_FREED = 64 << 20
+"""Freed heap memory a node keeps for reuse (per malloc arena) instead of returning it."""
+HEAP_UP_TO = 32 << 20
+"""Allocations up to this size come from the heap, so their memory is reused too."""
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
 log = logging.getLogger("vmsnap.node")
 
 
@@ -47,6 +55,7 @@ def run_node(config: Config, role: str, name: str, reply_delay: float = 0.0) -> 
     )
     if role in BACKGROUND_ROLES and config.storage.background_nice:
         lower_priority(config.storage.background_nice)
+    keep_freed_memory()
     asyncio.run(_serve(config, role, name, reply_delay))
 
 
@@ -62,6 +71,25 @@ def lower_priority(nice: int) -> None:
     os.nice(nice)
     with contextlib.suppress(OSError):
         Path("/proc/self/autogroup").write_text(str(nice))
+
+
+def keep_freed_memory() -> bool:
+    """Make the C allocator keep freed memory for reuse; False where it cannot be told.
+
+    A node's data path allocates and frees the same few megabytes over and over: chunk
+    reads, frames, compressed and encrypted copies. By default glibc hands freed memory
+    at the top of a heap back to the kernel and maps large blocks afresh, so every batch
+    pays a page fault per 4 KiB page it touches again (about 16 per 64 KiB chunk, most of
+    an incremental's CPU on the business node). Raising the trim and mmap thresholds
+    keeps that memory mapped; each malloc arena keeps at most `KEEP_FREED` bytes unused.
+    """
+    name = ctypes.util.find_library("c")
+    mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
+    if mallopt is None:
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_UP_TO)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, KEEP_FREED)
+    )
 
 
 def rpc_port(config: Config, role: str, name: str) -> int:

@@ -1,4 +1,4 @@
-"""Sparse-file primitives: punch holes, write zeros, and map holes and data."""
+"""Sparse-file primitives: punch holes, write zeros, map holes and data, read only the data."""
 
 from __future__ import annotations
 
@@ -58,3 +58,34 @@ def extents(fd: int, offset: int, length: int) -> list[Extent]:
         out.append(Extent(hole - position, 0))
         position = hole
     return out
+
+
+def read_data(fd: int, offset: int, length: int) -> bytes | None:
+    """`length` bytes at `offset`, reading only the data extents; None when all is hole.
+
+    Holes are zeros that are not read: reading a hole makes the kernel allocate and
+    clear page-cache pages, which costs more than the read of the data around it.
+    Bytes past the end of the file read as zeros.
+    """
+    found = [(position, extent.length) for position, extent in _placed(fd, offset, length)]
+    if not found:
+        return None
+    if found == [(offset, length)]:
+        data = os.pread(fd, length, offset)
+        return data if len(data) == length else data + bytes(length - len(data))
+    out = bytearray(length)
+    view = memoryview(out)
+    for position, size in found:
+        os.preadv(fd, [view[position - offset : position - offset + size]], position)
+    return bytes(out)
+
+
+def _placed(fd: int, offset: int, length: int) -> list[tuple[int, Extent]]:
+    """The data extents of a range, each with its position."""
+    placed: list[tuple[int, Extent]] = []
+    position = offset
+    for extent in extents(fd, offset, length):
+        if not extent.flags & STATE_HOLE:
+            placed.append((position, extent))
+        position += extent.length
+    return placed

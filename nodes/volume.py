@@ -16,7 +16,7 @@ from nodes.blockdev import Extent
 from nodes.chunks import is_zero
 from nodes.errors import VolumeError
 from nodes.frozen_view import FrozenView
-from nodes.sparse import extents, zero_range
+from nodes.sparse import extents, read_data, zero_range
 
 __all__ = ["BLOCK", "DEFAULT_CHUNK", "ViewInfo", "Volume"]
 
@@ -377,10 +377,10 @@ class Volume:
         for run in _runs(indexes):
             start = run[0] * self.chunk_size
             end = min((run[-1] + 1) * self.chunk_size, self._size)
-            if _no_data(self._data, start, end):
+            data = read_data(self._data, start, end - start)
+            if data is None:
                 found.update((i, b"") for i in run)
                 continue
-            data = self.read_live(start, end - start)
             for i in run:
                 offset = i * self.chunk_size - start
                 found[i] = data[offset : offset + self.chunk_size]
@@ -487,14 +487,6 @@ def _runs(indexes: list[int]) -> list[list[int]]:
         else:
             runs.append([idx])
     return runs
-
-
-def _no_data(fd: int, start: int, end: int) -> bool:
-    """True when the sparse file has only holes from `start` to `end`."""
-    try:
-        return os.lseek(fd, start, os.SEEK_DATA) >= end
-    except OSError:  # ENXIO: no data at or after `start`
-        return True
 
 
 def _connect(folder: Path) -> sqlite3.Connection:

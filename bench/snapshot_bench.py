@@ -9,6 +9,7 @@ On a generated disk (1 MiB extents: 40% zero, 30% text-like, 30% random), on
 - 1% of the 4 KiB blocks rewritten at random, then an incremental snapshot:
   seconds and stored growth;
 - normal rollback to the full snapshot: seconds;
+- each node's CPU-seconds and minor page faults during each snapshot;
 - the reference on the same image and the same rewrite: `restic backup`,
   `restic backup` again, `restic restore` (seconds; repository growth).
 
@@ -103,6 +104,22 @@ def p99(values: list[float]) -> float:
     return ordered[int(len(ordered) * 0.99)] if ordered else float("nan")
 
 
+def node_usage(folder: Path) -> dict[str, tuple[float, int]]:
+    """CPU-seconds and minor page faults so far of each node of the deployment."""
+    usage: dict[str, tuple[float, int]] = {}
+    for runfile in sorted((folder / "data" / "run").glob("*.json")):
+        pid = json.loads(runfile.read_text())["pid"]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        usage[runfile.stem] = ((int(fields[11]) + int(fields[12])) / ticks, int(fields[7]))
+    return usage
+
+
+def usage_since(folder: Path, before: dict[str, tuple[float, int]]) -> dict[str, Any]:
+    now = node_usage(folder)
+    return {n: (now[n][0] - before[n][0], now[n][1] - before[n][1]) for n in before}
+
+
 def stored(snap: dict[str, Any]) -> int:
     return sum(int(d["bytes_stored"]) for d in snap["disk_details"])
 
@@ -137,18 +154,22 @@ def run_vmsnap(
             target=lambda: during.extend(latencies(port, export, 256 * MiB, 10**9, stop))
         )
         probe.start()
+        before = node_usage(folder)
         started = time.perf_counter()
         full = vmsnap(folder, "snapshot", "create", "bench")
         full_s = time.perf_counter() - started
+        full_usage = usage_since(folder, before)
         stop.set()
         probe.join()
         client = TinyClient(port, export="bench/root")
         for handle, (offset, data) in enumerate(changes):
             client.write(offset, data, handle)
         client.close()
+        before = node_usage(folder)
         started = time.perf_counter()
         incremental = vmsnap(folder, "snapshot", "create", "bench")
         incr_s = time.perf_counter() - started
+        incr_usage = usage_since(folder, before)
         started = time.perf_counter()
         vmsnap(folder, "rollback", "start", "bench", full["id"])
         rollback_s = time.perf_counter() - started
@@ -167,6 +188,8 @@ def run_vmsnap(
         "p99_idle_us": p99(idle),
         "p99_during_us": p99(during),
         "probes_during": len(during),
+        "full_usage": full_usage,
+        "incr_usage": incr_usage,
     }
 
 
@@ -255,6 +278,11 @@ def main() -> None:
         f"{ours['p99_during_us']:10.0f} {ratio:7.2f} {'<= 1.5':>7}"
     )
     print(f"(latency probes during the snapshot: {ours['probes_during']})")
+    print("vmsnap nodes: CPU-seconds and minor page faults during each snapshot")
+    print(f"{'node':14} {'full CPU-s':>11} {'faults':>9} {'incr CPU-s':>11} {'faults':>9}")
+    for node, (full_cpu, full_faults) in ours["full_usage"].items():
+        incr_cpu, incr_faults = ours["incr_usage"][node]
+        print(f"{node:14} {full_cpu:11.2f} {full_faults:9d} {incr_cpu:11.2f} {incr_faults:9d}")
 
 
 if __name__ == "__main__":

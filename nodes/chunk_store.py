@@ -1,14 +1,17 @@
-"""The backup node's chunk store: append-only pack files plus a SQLite index."""
+"""The backup node's chunk store: append-only pack files plus a SQLite index.
+
+`ChunkStore` opens the store and serves puts, gets, membership, deletes, the id listing and
+the totals; recovery on open, quarantine, compaction and scrub come from its base,
+`nodes.store_upkeep.StoreUpkeep`.
+"""
 
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import sqlite3
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ from nodes.packs import (
     Record,
     record_checksum,
 )
+from nodes.store_upkeep import BATCH, Recovery, ScrubReport, StoreUpkeep
 
 __all__ = [
     "DEFAULT_PACK_LIMIT",
@@ -39,10 +43,6 @@ __all__ = [
     "ScrubReport",
     "StoreStats",
 ]
-
-log = logging.getLogger("vmsnap.chunks")
-
-_BATCH = 500
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -69,25 +69,7 @@ class StoreStats:
     garbage_bytes: int
 
 
-@dataclass(frozen=True)
-class ScrubReport:
-    """One scrub pass: how much was re-hashed and which copies were bad (now quarantined)."""
-
-    checked: int
-    checked_bytes: int
-    corrupted: tuple[bytes, ...]
-
-
-@dataclass(frozen=True)
-class Recovery:
-    """What opening the store repaired after a crash or a damaged pack tail."""
-
-    dropped: int = 0
-    reindexed: int = 0
-    truncated_bytes: int = 0
-
-
-class ChunkStore:
+class ChunkStore(StoreUpkeep):
     """Chunks as records appended to pack files, found through a SQLite index.
 
     On-disk layout::
@@ -143,6 +125,12 @@ class ChunkStore:
             self.recovery = self._recover()
             self._open_active()
 
+    def _open_active(self) -> None:
+        """Go on appending to the newest pack unless it is full."""
+        row = self._db.execute("SELECT pack, size FROM packs ORDER BY pack DESC LIMIT 1").fetchone()
+        if row is not None and row[1] < self.pack_limit:
+            self._packs.activate(*row)
+
     # -- public API ------------------------------------------------------------------
 
     def put(self, chunk_id: bytes, blob: bytes) -> bool:
@@ -158,9 +146,9 @@ class ChunkStore:
         """
         pairs = list(items)
         added: list[bool] = []
-        for start in range(0, len(pairs), _BATCH):
+        for start in range(0, len(pairs), BATCH):
             with self._lock, self._guard():
-                added += self._put(pairs[start : start + _BATCH])
+                added += self._put(pairs[start : start + BATCH])
         with self._lock, self._guard():
             if sync:
                 self._sync()
@@ -198,8 +186,8 @@ class ChunkStore:
         wanted = list(ids)
         found: set[bytes] = set()
         with self._lock, self._guard():
-            for start in range(0, len(wanted), _BATCH):
-                batch = wanted[start : start + _BATCH]
+            for start in range(0, len(wanted), BATCH):
+                batch = wanted[start : start + BATCH]
                 marks = ",".join("?" * len(batch))
                 rows = self._db.execute(f"SELECT id FROM chunks WHERE id IN ({marks})", batch)
                 found.update(row[0] for row in rows)
@@ -210,8 +198,8 @@ class ChunkStore:
         wanted = list(dict.fromkeys(ids))
         deleted = 0
         with self._lock, self._guard():
-            for start in range(0, len(wanted), _BATCH):
-                batch = wanted[start : start + _BATCH]
+            for start in range(0, len(wanted), BATCH):
+                batch = wanted[start : start + BATCH]
                 marks = ",".join("?" * len(batch))
                 rows = self._db.execute(
                     f"SELECT pack, length FROM chunks WHERE id IN ({marks})", batch
@@ -223,52 +211,6 @@ class ChunkStore:
                 deleted += len(rows)
             self._sync()
         return deleted
-
-    def compact(self, min_garbage_ratio: float = 0.25) -> int:
-        """Rewrite the live records of sealed packs at least this dead; bytes reclaimed."""
-        with self._lock, self._guard():
-            rows = self._db.execute(
-                "SELECT pack, size, live_bytes FROM packs WHERE retired = 0 ORDER BY pack"
-            ).fetchall()
-        reclaimed = 0
-        for pack, size, live in rows:
-            garbage = size - len(PACK_MAGIC) - live
-            if garbage > 0 and garbage >= min_garbage_ratio * size:
-                with self._lock, self._guard():
-                    reclaimed += self._compact_pack(pack)
-        return reclaimed
-
-    def scrub(self, progress: Callable[[int, int], None] | None = None) -> ScrubReport:
-        """Re-read and re-hash every blob; bad copies are quarantined and listed."""
-        with self._lock, self._guard():
-            query = "SELECT COALESCE(SUM(live_chunks), 0) FROM packs"
-            (total,) = self._db.execute(query).fetchone()
-        checked = checked_bytes = 0
-        corrupted: list[bytes] = []
-        after = (-1, -1)
-        while True:
-            with self._lock, self._guard():
-                rows = self._db.execute(
-                    "SELECT id, pack, offset, length, checksum FROM chunks"
-                    " WHERE (pack, offset) > (?, ?) ORDER BY pack, offset LIMIT ?",
-                    (*after, _BATCH),
-                ).fetchall()
-                for row in rows:
-                    place = Place(*row)
-                    try:
-                        self._packs.read(place)
-                    except ChunkCorrupted as err:
-                        self._quarantine(place, err.reason)
-                        corrupted.append(place.chunk_id)
-                    checked_bytes += place.length
-                self._sync()
-            if not rows:
-                break
-            checked += len(rows)
-            after = (rows[-1][1], rows[-1][2])
-            if progress is not None:
-                progress(min(checked, total), max(total, checked))
-        return ScrubReport(checked, checked_bytes, tuple(corrupted))
 
     def ids(self, after: bytes = b"") -> Iterator[bytes]:
         """Every chunk id greater than `after`, in order, read from the index page by page."""
@@ -399,136 +341,6 @@ class ChunkStore:
             " WHERE pack = ?",
             (count * (RECORD.size + length), count, pack),
         )
-
-    # -- compaction and quarantine ----------------------------------------------------------
-
-    def _compact_pack(self, pack: int) -> int:
-        """Move the live records of `pack` to the open pack, delete it; net bytes freed."""
-        self._sync()
-        self._packs.stop_appending_to(pack)
-        before = self._pack_bytes()
-        after = -1
-        while rows := self._db.execute(
-            "SELECT id, pack, offset, length, checksum FROM chunks"
-            " WHERE pack = ? AND offset > ? ORDER BY offset LIMIT ?",
-            (pack, after, _BATCH),
-        ).fetchall():
-            for row in rows:
-                place = Place(*row)
-                after = place.offset
-                try:
-                    blob = self._packs.read(place)
-                except ChunkCorrupted as err:
-                    self._quarantine(place, err.reason)
-                    continue
-                self._begin()
-                self._db.execute("DELETE FROM chunks WHERE id = ?", (place.chunk_id,))
-                self._account(pack, place.length, -1)
-                self._append([(place.chunk_id, blob, place.checksum)])
-        self._db.execute("UPDATE packs SET retired = 1 WHERE pack = ?", (pack,))
-        self._sync()
-        self._drop_pack(pack, missing_ok=True)
-        reclaimed = before - self._pack_bytes()
-        log.info("compacted pack %d: %d bytes reclaimed", pack, reclaimed)
-        return reclaimed
-
-    def _pack_bytes(self) -> int:
-        query = "SELECT COALESCE(SUM(size), 0) FROM packs WHERE retired = 0"
-        total: int = self._db.execute(query).fetchone()[0]
-        return total
-
-    def _drop_pack(self, pack: int, *, missing_ok: bool = False) -> None:
-        """Delete a pack's file, then its index row."""
-        self._packs.remove(pack, missing_ok=missing_ok)
-        self._db.execute("DELETE FROM packs WHERE pack = ?", (pack,))
-
-    def _quarantine(self, place: Place, reason: str) -> None:
-        """Keep the bad copy's bytes aside and drop it from the index."""
-        try:
-            raw = self._packs.record_bytes(place)
-        except OSError:
-            raw = b""
-        name = f"{place.chunk_id.hex()}-{place.pack:08d}-{place.offset}.bad"
-        (self._quarantine_dir / name).write_bytes(raw)
-        self._begin()
-        self._db.execute(
-            "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (place.chunk_id, place.pack, place.offset, place.length, reason, time.time(), name),
-        )
-        self._db.execute("DELETE FROM chunks WHERE id = ?", (place.chunk_id,))
-        self._account(place.pack, place.length, -1)
-        log.warning("chunk %s quarantined: %s", place.chunk_id.hex(), reason)
-
-    # -- opening -------------------------------------------------------------------------
-
-    def _recover(self) -> Recovery:
-        """Bring index and packs into agreement after a crash; see the class docstring."""
-        dropped = reindexed = truncated = 0
-        self._begin()
-        for (pack,) in self._db.execute("SELECT pack FROM packs WHERE retired = 1").fetchall():
-            self._drop_pack(pack, missing_ok=True)
-        on_disk = set(self._packs.numbers())
-        for (pack,) in self._db.execute("SELECT pack FROM packs").fetchall():
-            if pack not in on_disk:
-                dropped += self._db.execute("DELETE FROM chunks WHERE pack = ?", (pack,)).rowcount
-                self._db.execute("DELETE FROM packs WHERE pack = ?", (pack,))
-                log.warning("pack %d is missing: its chunks are dropped from the index", pack)
-        for pack in sorted(on_disk):
-            lost, found, cut = self._reconcile(pack)
-            dropped, reindexed, truncated = dropped + lost, reindexed + found, truncated + cut
-        self._sync()
-        return Recovery(dropped, reindexed, truncated)
-
-    def _reconcile(self, pack: int) -> tuple[int, int, int]:
-        """Make one pack file and its index rows agree; (dropped, reindexed, cut bytes)."""
-        row = self._db.execute("SELECT size FROM packs WHERE pack = ?", (pack,)).fetchone()
-        committed = row[0] if row else 0
-        actual, marked = self._packs.inspect(pack)
-        dropped = reindexed = 0
-        if actual < len(PACK_MAGIC) or (committed == 0 and not marked):
-            dropped = self._db.execute("DELETE FROM chunks WHERE pack = ?", (pack,)).rowcount
-            end = 0
-        elif actual < committed:
-            dropped = self._db.execute(
-                "DELETE FROM chunks WHERE pack = ? AND offset + ? + length > ?",
-                (pack, RECORD.size, actual),
-            ).rowcount
-            end = self._db.execute(
-                "SELECT COALESCE(MAX(offset + ? + length), ?) FROM chunks WHERE pack = ?",
-                (RECORD.size, len(PACK_MAGIC), pack),
-            ).fetchone()[0]
-        else:
-            end, reindexed = self._scan_tail(pack, max(committed, len(PACK_MAGIC)), actual)
-        if end == 0:
-            self._drop_pack(pack)
-            return dropped, reindexed, actual
-        if end != actual:
-            self._packs.truncate(pack, end)
-            log.warning("pack %d: %d bytes cut from a damaged tail", pack, actual - end)
-        live, chunks = self._db.execute(
-            "SELECT COALESCE(SUM(length), 0), COUNT(*) FROM chunks WHERE pack = ?", (pack,)
-        ).fetchone()
-        self._db.execute(
-            "INSERT OR REPLACE INTO packs (pack, size, live_bytes, live_chunks) VALUES (?,?,?,?)",
-            (pack, end, live + chunks * RECORD.size, chunks),
-        )
-        return dropped, reindexed, actual - end
-
-    def _scan_tail(self, pack: int, start: int, actual: int) -> tuple[int, int]:
-        """Index the whole, valid records from `start`; (end of the last one, count)."""
-        end, found = start, 0
-        for place in self._packs.scan(pack, start, actual):
-            found += self._db.execute(
-                "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)",
-                (place.chunk_id, pack, place.offset, place.length, place.checksum),
-            ).rowcount
-            end = place.offset + RECORD.size + place.length
-        return end, found
-
-    def _open_active(self) -> None:
-        row = self._db.execute("SELECT pack, size FROM packs ORDER BY pack DESC LIMIT 1").fetchone()
-        if row is not None and row[1] < self.pack_limit:
-            self._packs.activate(*row)
 
     # -- process lock and errors -----------------------------------------------------------
 

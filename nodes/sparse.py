@@ -89,3 +89,34 @@ def _placed(fd: int, offset: int, length: int) -> list[tuple[int, Extent]]:
             placed.append((position, extent))
         position += extent.length
     return placed
+
+
+def read_chunks(fd: int, indexes: list[int], chunk: int, size: int) -> dict[int, bytes]:
+    """Chunks `indexes` of a file of `size` bytes cut in `chunk`-byte chunks, by index.
+
+    One `read_data` per run of neighbouring chunks; the chunks of a run that is all hole
+    are ``b""``.
+    """
+    found: dict[int, bytes] = {}
+    for run in _runs(indexes):
+        start = run[0] * chunk
+        end = min((run[-1] + 1) * chunk, size)
+        data = read_data(fd, start, end - start)
+        if data is None:
+            found.update((i, b"") for i in run)
+            continue
+        for i in run:
+            offset = i * chunk - start
+            found[i] = data[offset : offset + chunk]
+    return found
+
+
+def _runs(indexes: list[int]) -> list[list[int]]:
+    """Sorted, distinct `indexes` cut into runs of consecutive ones."""
+    runs: list[list[int]] = []
+    for idx in sorted(set(indexes)):
+        if runs and runs[-1][-1] == idx - 1:
+            runs[-1].append(idx)
+        else:
+            runs.append([idx])
+    return runs

@@ -7,35 +7,22 @@ import os
 import shutil
 import sqlite3
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodes.block_masks import BLOCK, decode, encode, full_mask, span_mask
+from nodes.block_masks import BLOCK
 from nodes.blockdev import Extent
 from nodes.chunks import is_zero
 from nodes.errors import VolumeError
 from nodes.frozen_view import FrozenView
-from nodes.sparse import extents, read_data, zero_range
+from nodes.sparse import extents, read_chunks, zero_range
+from nodes.volume_masks import GenerationMasks
+from nodes.volume_meta import connect
 
 __all__ = ["BLOCK", "DEFAULT_CHUNK", "ViewInfo", "Volume"]
 
 DEFAULT_CHUNK = 64 * 1024
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS volume (
-    id INTEGER PRIMARY KEY CHECK (id = 1), size INTEGER NOT NULL, chunk_size INTEGER NOT NULL,
-    generation INTEGER NOT NULL, base_generation INTEGER NOT NULL, base_view TEXT);
-CREATE TABLE IF NOT EXISTS chunks (idx INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS chunks_gen ON chunks (gen);
-CREATE TABLE IF NOT EXISTS views (name TEXT PRIMARY KEY, gen INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS preserved (
-    idx INTEGER NOT NULL, gen_from INTEGER NOT NULL, gen_to INTEGER NOT NULL,
-    offset INTEGER, PRIMARY KEY (idx, gen_from));
-CREATE TABLE IF NOT EXISTS masks (
-    idx INTEGER NOT NULL, gen INTEGER NOT NULL, mask BLOB NOT NULL,
-    PRIMARY KEY (gen, idx)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS mask_floor (id INTEGER PRIMARY KEY CHECK (id = 1), gen INTEGER NOT NULL);
-"""
 
 
 @dataclass(frozen=True)
@@ -53,15 +40,8 @@ class Volume:
 
         data.raw      sparse file of ``size`` bytes: the live contents
         cow.data      chunks preserved for frozen views, appended
-        meta.sqlite   volume:    size, chunk size, current generation, base generation
-                      chunks:    idx -> generation of its last write (written chunks only)
-                      views:     name -> generation it froze
-                      preserved: (idx, gen_from, gen_to) -> offset in cow.data
-                                 (content written at gen_from, seen by views whose
-                                 generation lies in [gen_from, gen_to]; NULL offset = zeros)
-                      masks:     (gen, idx) -> blocks of the chunk written in that sealed
-                                 generation (see nodes/block_masks.py)
-                      mask_floor: the oldest generation whose masks are all recorded
+        meta.sqlite   the generations of chunks and views, where preserved chunks are,
+                      the block masks (its tables: nodes/volume_meta.py)
 
     Every write belongs to the current generation. Freezing a view records the
     generation and starts a new one: metadata only. The first write to a chunk
@@ -77,11 +57,8 @@ class Volume:
 
     Dirty tracking: the chunks changed since the base generation (that of the
     last committed snapshot's view) are those whose generation is newer. Within a
-    chunk, the 4 KiB blocks written in the current generation are kept in memory
-    (``_masks``: partly written chunks only; a chunk written in the generation
-    without an entry counts as wholly written) and sealed into ``masks`` by the
-    freeze that ends the generation. After a crash the current generation's
-    chunks count as wholly written, so no written block is ever missed.
+    chunk, the 4 KiB blocks each generation wrote are kept by ``GenerationMasks``
+    (nodes/volume_masks.py), sealed by the freeze that ends the generation.
     """
 
     def __init__(self, folder: Path, db: sqlite3.Connection) -> None:
@@ -99,10 +76,7 @@ class Volume:
         self._cow_end = os.fstat(self._cow).st_size
         self._fresh = bytearray(-(-self.chunks // 8))
         self._views: dict[str, int] = dict(db.execute("SELECT name, gen FROM views"))
-        self._masks: dict[int, int] = {}
-        with db:
-            db.execute("INSERT OR IGNORE INTO mask_floor SELECT 1, generation FROM volume")
-        self._mask_floor = int(db.execute("SELECT gen FROM mask_floor").fetchone()[0])
+        self._masks = GenerationMasks(db, self._size, self.chunk_size)
         self._lock = threading.Lock()
         self._checkpointer = sqlite3.connect(folder / "meta.sqlite", check_same_thread=False)
 
@@ -121,7 +95,7 @@ class Volume:
         except OSError as err:
             shutil.rmtree(folder, ignore_errors=True)
             raise VolumeError(f"cannot hold {size} bytes in {folder}: {err.strerror}") from None
-        db = _connect(folder)
+        db = connect(folder)
         with db:
             db.execute("INSERT INTO volume VALUES (1, ?, ?, 1, 0, NULL)", (size, chunk_size))
         return cls(folder, db)
@@ -131,7 +105,7 @@ class Volume:
         """Open an existing volume."""
         if not (folder / "meta.sqlite").exists():
             raise VolumeError(f"no volume in {folder}")
-        return cls(folder, _connect(folder))
+        return cls(folder, connect(folder))
 
     # -- BlockDevice ----------------------------------------------------------
 
@@ -232,11 +206,11 @@ class Volume:
             with self._db:
                 self._db.execute("INSERT INTO views VALUES (?, ?)", (name, frozen))
                 self._db.execute("UPDATE volume SET generation = ?", (frozen + 1,))
-                self._seal_masks(frozen)
+                self._masks.seal(frozen)
             self._views[name] = frozen
             self._gen = frozen + 1
             self._fresh = bytearray(len(self._fresh))
-            self._masks = {}
+            self._masks.restart()
         return ViewInfo(name, frozen)
 
     def views(self) -> list[ViewInfo]:
@@ -268,15 +242,11 @@ class Volume:
             gen = self._views.get(name)
             if gen is None:
                 raise VolumeError(f"no view {name!r} on this volume")
-            # Raised before the rows go, so a concurrent `changed_blocks` that misses
-            # some of them sees the new floor and answers whole chunks.
-            self._mask_floor = max(self._mask_floor, gen + 1)
             with self._db:
+                self._masks.drop_through(gen)
                 self._db.execute(
                     "UPDATE volume SET base_generation = ?, base_view = ?", (gen, name)
                 )
-                self._db.execute("DELETE FROM masks WHERE gen <= ?", (gen,))
-                self._db.execute("UPDATE mask_floor SET gen = ?", (self._mask_floor,))
             self._base = gen
             self.base_view = name
 
@@ -306,16 +276,7 @@ class Volume:
         generation's masks, or they predate ``mask_floor``), never miss one.
         """
         gen, base = self._view_gen(name), self._base if since is None else since
-        indexes = self._changed(gen, base)
-        rows = self._db.execute(
-            "SELECT idx, mask FROM masks WHERE gen > ? AND gen <= ?", (base, gen)
-        ).fetchall()
-        if base + 1 < self._mask_floor:
-            return [(idx, self._full(idx)) for idx in indexes]
-        found: dict[int, int] = {}
-        for idx, mask in rows:
-            found[idx] = found.get(idx, 0) | decode(mask)
-        return [(idx, found.get(idx) or self._full(idx)) for idx in indexes]
+        return self._masks.changed(self._changed(gen, base), base, gen)
 
     def dirty_chunks(self) -> list[int]:
         """Live chunks written since the base generation."""
@@ -354,7 +315,7 @@ class Volume:
         with self._lock:
             written = self._generations(indexes)
         shared = [i for i in indexes if written.get(i, 0) <= gen]
-        found = self._read_runs(shared)
+        found = read_chunks(self._data, shared, self.chunk_size, self._size)
         with self._lock:
             written = self._generations(shared)
         for idx in shared:
@@ -370,21 +331,6 @@ class Volume:
         marks = ",".join("?" * len(indexes))
         rows = self._db.execute(f"SELECT idx, gen FROM chunks WHERE idx IN ({marks})", indexes)
         return {int(idx): int(g) for idx, g in rows}
-
-    def _read_runs(self, indexes: list[int]) -> dict[int, bytes]:
-        """Live chunks by index, read run by run (holes skipped)."""
-        found: dict[int, bytes] = {}
-        for run in _runs(indexes):
-            start = run[0] * self.chunk_size
-            end = min((run[-1] + 1) * self.chunk_size, self._size)
-            data = read_data(self._data, start, end - start)
-            if data is None:
-                found.update((i, b"") for i in run)
-                continue
-            for i in run:
-                offset = i * self.chunk_size - start
-                found[i] = data[offset : offset + self.chunk_size]
-        return found
 
     # -- internals --------------------------------------------------------------
 
@@ -403,14 +349,11 @@ class Volume:
         first, last = offset // size, (end - 1) // size
         fresh = [i for i in range(first, last + 1) if not self._fresh[i >> 3] & (1 << (i & 7))]
         if fresh:
-            self._mark(offset, end, first, last, self._first_writes(fresh))
+            self._masks.mark(offset, end, first, last, self._first_writes(fresh))
         elif first == last:
-            # The VM's usual write, kept to a dict lookup: a chunk written before in the
-            # generation, partly (it has a mask) or wholly (it has none).
-            if first in self._masks:
-                self._masks[first] |= span_mask(offset - first * size, end - first * size)
+            self._masks.mark_within(first, offset, end)
         else:
-            self._mark(offset, end, first, last, ())
+            self._masks.mark(offset, end, first, last, ())
 
     def _first_writes(self, fresh: list[int]) -> set[int]:
         """Preserve and record chunks first written in the generation by this process.
@@ -435,30 +378,6 @@ class Volume:
             self._fresh[idx >> 3] |= 1 << (idx & 7)
         return started
 
-    def _mark(self, start: int, end: int, first: int, last: int, started: Collection[int]) -> None:
-        """Add bytes `start` to `end` (chunks `first` to `last`) to the generation's masks."""
-        masks, size = self._masks, self.chunk_size
-        if masks:
-            for idx in range(first + 1, last):
-                masks.pop(idx, None)
-        for idx in {first, last}:
-            at = idx * size
-            mask = span_mask(max(start, at) - at, min(end, at + size) - at)
-            if idx in started:
-                if mask != self._full(idx):
-                    masks[idx] = mask
-            elif idx in masks:
-                masks[idx] |= mask
-
-    def _full(self, idx: int) -> int:
-        return full_mask(self._chunk_len(idx))
-
-    def _seal_masks(self, gen: int) -> None:
-        """Record the masks of the chunks written in generation `gen`, in the caller's commit."""
-        rows = self._db.execute("SELECT idx FROM chunks WHERE gen = ?", (gen,))
-        sealed = [(idx, gen, encode(self._masks.get(idx) or self._full(idx))) for (idx,) in rows]
-        self._db.executemany("INSERT OR REPLACE INTO masks VALUES (?, ?, ?)", sealed)
-
     def _preserve(self, idx: int, written: int, upto: int) -> None:
         offset: int | None = None
         if written:
@@ -476,24 +395,3 @@ class Volume:
         rows = self._db.execute("SELECT idx, gen_from, gen_to FROM preserved").fetchall()
         dead = [(i, f) for i, f, t in rows if not any(f <= g <= t for g in gens)]
         self._db.executemany("DELETE FROM preserved WHERE idx = ? AND gen_from = ?", dead)
-
-
-def _runs(indexes: list[int]) -> list[list[int]]:
-    """Sorted, distinct `indexes` cut into runs of consecutive ones."""
-    runs: list[list[int]] = []
-    for idx in sorted(set(indexes)):
-        if runs and runs[-1][-1] == idx - 1:
-            runs[-1].append(idx)
-        else:
-            runs.append([idx])
-    return runs
-
-
-def _connect(folder: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(folder / "meta.sqlite", check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.execute("PRAGMA wal_autocheckpoint=0")
-    db.executescript(_SCHEMA)
-    db.isolation_level = "DEFERRED"
-    return db

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 from nodes.blockdev import STATE_HOLE, STATE_ZERO, Extent
@@ -34,9 +35,16 @@ def _write_zeros(fd: int, offset: int, length: int) -> None:
 
 
 def _punch(fd: int, offset: int, length: int) -> bool:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    result = libc.fallocate(fd, _FALLOC_PUNCH, ctypes.c_longlong(offset), ctypes.c_longlong(length))
+    result = _libc().fallocate(
+        fd, _FALLOC_PUNCH, ctypes.c_longlong(offset), ctypes.c_longlong(length)
+    )
     return bool(result == 0)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """The C library, found once per process: finding it runs ``ldconfig -p``."""
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 def extents(fd: int, offset: int, length: int) -> list[Extent]:

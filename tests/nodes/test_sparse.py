@@ -1,6 +1,8 @@
 import os
+import subprocess
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -8,6 +10,7 @@ from nodes.sparse import read_data, zero_range
 
 SIZE = 1 << 20
 BLOCK = 4096
+CHUNK = 65536
 
 
 def _file(path: Path, size: int = SIZE) -> int:
@@ -84,5 +87,25 @@ def test_reading_only_the_data_equals_reading_everything(
         assert (found if found is not None else bytes(length)) == whole
         if found is None:
             assert not any(whole)
+    finally:
+        os.close(fd)
+
+
+def test_punching_holes_starts_no_process_after_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Finding the C library runs `ldconfig -p`; a VM's every TRIM must not.
+    fd = _file(tmp_path / "f")
+    try:
+        os.pwrite(fd, os.urandom(4 * CHUNK), 0)
+        zero_range(fd, 0, CHUNK, CHUNK)
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise AssertionError("a process was started to punch a hole")
+
+        monkeypatch.setattr(subprocess, "Popen", refuse)
+        zero_range(fd, 2 * CHUNK, CHUNK, CHUNK)
+        assert read_data(fd, 2 * CHUNK, CHUNK) is None
+        assert read_data(fd, CHUNK, CHUNK) is not None
     finally:
         os.close(fd)

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import asdict
 from typing import Any
 
+from ledger.errors import VmsnapError
 from nodes.chunks import ChunkCodec
 from nodes.config import Config
 from nodes.manifest import Manifest
 from nodes.manifest_store import ManifestCache, load_manifest, store_manifest
 from nodes.patches import read_chunks
 from nodes.peers import Peers, node_names
-from nodes.pipeline import BATCH, Pipeline, Source
+from nodes.pipeline import BATCH, Pipeline, Source, first_error
 from nodes.replication import BackupCluster
 from nodes.request_args import integer, text
 from nodes.server import Handler
+
+RESTORE_IN_FLIGHT = 4
+"""Batches of chunks a restore compares and writes back at once."""
 
 
 class Transfer:
@@ -138,16 +143,26 @@ class Transfer:
         checked = restored = written = 0
         key = f"{vm}/{resource_id}"
         self.restoring[key] = {"chunks": len(candidates), "checked": 0}
+        window = BATCH * RESTORE_IN_FLIGHT
         try:
-            for start in range(0, len(candidates), BATCH):
-                checked, restored, written = await self._restore_batch(
-                    node,
-                    target,
-                    manifest,
-                    wanted,
-                    candidates[start : start + BATCH],
-                    (checked, restored, written),
-                )
+            for start in range(0, len(candidates), window):
+                part = candidates[start : start + window]
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        tasks = [
+                            group.create_task(
+                                self._restore_batch(
+                                    node, target, manifest, wanted, part[i : i + BATCH]
+                                )
+                            )
+                            for i in range(0, len(part), BATCH)
+                        ]
+                except* VmsnapError as failed:
+                    raise first_error(failed) from None
+                for done in tasks:
+                    batch_restored, batch_written = done.result()
+                    restored, written = restored + batch_restored, written + batch_written
+                checked += len(part)
                 self.restoring[key]["checked"] = checked
         finally:
             self.restoring.pop(key, None)
@@ -161,12 +176,10 @@ class Transfer:
         manifest: Manifest,
         wanted: dict[int, bytes],
         indexes: list[int],
-        counts: tuple[int, int, int],
-    ) -> tuple[int, int, int]:
-        checked, restored, written = counts
+    ) -> tuple[int, int]:
+        """Write back the chunks of `indexes` that differ; how many, and their bytes."""
         live = await self.peers.call(node, "volume.chunk_ids", {**target, "indexes": indexes})
         differ = [i for i, cid in zip(indexes, live["ids"], strict=True) if cid != wanted.get(i)]
-        checked += len(indexes)
         present = [i for i in differ if i in wanted]
         fetched = dict(
             zip(
@@ -175,21 +188,19 @@ class Transfer:
                 strict=True,
             )
         )
-        for i in differ:
-            offset = i * manifest.chunk_size
-            length = min(manifest.chunk_size, manifest.size - offset)
-            if i in wanted:
-                data = fetched[i]
-                await self.peers.call(
-                    node, "volume.write", {**target, "offset": offset, "data": data}
-                )
-            else:
-                await self.peers.call(
-                    node, "volume.zero", {**target, "offset": offset, "length": length}
-                )
-            restored += 1
-            written += length
-        return checked, restored, written
+        lengths = [
+            min(manifest.chunk_size, manifest.size - i * manifest.chunk_size) for i in differ
+        ]
+        async with asyncio.TaskGroup() as group:
+            for i, length in zip(differ, lengths, strict=True):
+                offset = i * manifest.chunk_size
+                if i in fetched:
+                    request = {**target, "offset": offset, "data": fetched[i]}
+                    group.create_task(self.peers.call(node, "volume.write", request))
+                else:
+                    request = {**target, "offset": offset, "length": length}
+                    group.create_task(self.peers.call(node, "volume.zero", request))
+        return len(differ), sum(lengths)
 
     async def restore_progress(self, args: dict[str, Any]) -> dict[str, Any]:
         """How far the restore of a VM disk is (None when none runs)."""

@@ -162,12 +162,8 @@ class ViewService:
         indexes = _indexes(args, volume)
 
         def ids() -> list[bytes | None]:
-            found: list[bytes | None] = []
-            for i in indexes:
-                start = i * volume.chunk_size
-                data = volume.read_live(start, min(volume.chunk_size, volume.size - start))
-                found.append(None if is_zero(data) else self.codec.chunk_id(data))
-            return found
+            chunks = volume.read_live_chunks(indexes)
+            return [self.codec.chunk_id(data) if data else None for data in chunks]
 
         return {"ids": await asyncio.to_thread(ids)}
 

@@ -151,6 +151,13 @@ class Volume:
 
     # -- synchronous core -----------------------------------------------------
 
+    def read_live_chunks(self, indexes: list[int]) -> list[bytes]:
+        """Live chunks `indexes`, in order; ``b""`` for each all-zero one (holes are not read)."""
+        if not all(0 <= i < self.chunks for i in indexes):
+            raise VolumeError(f"chunk index outside the volume ({self.chunks} chunks)")
+        found = read_chunks(self._data, indexes, self.chunk_size, self._size)
+        return [b"" if is_zero(found[i]) else found[i] for i in indexes]
+
     def read_live(self, offset: int, length: int) -> bytes:
         """Read `length` bytes at `offset` of the live volume."""
         self._check(offset, length)

@@ -268,6 +268,23 @@ def test_chunks_read_in_one_batch_equal_the_view_with_zero_chunks_empty(volume: 
     assert batch[2] == pattern(1, 64 * KiB) and batch[5] == pattern(4, 64 * KiB)
 
 
+def test_live_chunks_read_in_one_batch_equal_the_disk_with_zero_chunks_empty(
+    volume: Volume,
+) -> None:
+    write_chunks(volume, [0, 1, 2, 5])
+    volume.zero_live(2 * 64 * KiB, 64 * KiB)
+    volume.write_live(9 * 64 * KiB + 4 * KiB, b"x" * 4 * KiB)
+    wanted = [9, 0, 1, 2, 3, 5, 15]
+
+    batch = volume.read_live_chunks(wanted)
+
+    singly = [volume.read_live(i * 64 * KiB, 64 * KiB) for i in wanted]
+    assert batch == [b"" if chunk == bytes(64 * KiB) else chunk for chunk in singly]
+    assert [i for i, chunk in zip(wanted, batch, strict=True) if chunk] == [9, 0, 1, 5]
+    with pytest.raises(VolumeError):
+        volume.read_live_chunks([16])
+
+
 def test_batch_view_reads_racing_the_vms_first_writes_still_read_the_frozen_contents(
     tmp_path: Path,
 ) -> None:

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ledger.contract import SnapshotStatus, SnapshotView
+from ledger.errors import VmsnapError
 from nodes.chunks import ChunkCodec
 from nodes.errors import ChunkCorrupted, ChunkMissing, ManifestCorrupted
 from nodes.manifest import Manifest, snapshot_root
 from nodes.manifest_store import load_manifest
 from nodes.patches import read_chunks
+from nodes.pipeline import first_error
 from nodes.replication import BackupCluster
 
 BATCH = 64
+IN_FLIGHT = 4
+"""Batches of chunks fetched and checked at once: the fetches overlap the decoding."""
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 @dataclass
@@ -82,48 +89,69 @@ async def _chunks(
     audit: SnapshotAudit, manifest: Manifest, cluster: BackupCluster, codec: ChunkCodec
 ) -> None:
     ids = sorted(manifest.chunk_ids())
-    for start in range(0, len(ids), BATCH):
-        batch = ids[start : start + BATCH]
+
+    async def stored(batch: list[bytes]) -> tuple[list[str], list[int]]:
         try:
             found = await cluster.get(batch)
         except ChunkMissing as err:
-            audit.problems.append(f"disk {manifest.resource_id}: {err}")
-            continue
-        sizes = await asyncio.to_thread(_decode_all, codec, found, audit)
+            return [f"disk {manifest.resource_id}: {err}"], []
+        return await asyncio.to_thread(_decode_all, codec, found)
+
+    for problems, sizes in await _in_flight(stored, _cut(ids)):
+        audit.problems.extend(problems)
         audit.chunks_checked += len(sizes)
         audit.bytes_checked += sum(sizes)
-    patched = sorted(manifest.patches)
-    for start in range(0, len(patched), BATCH):
-        await _patched(audit, manifest, patched[start : start + BATCH], cluster, codec)
+
+    async def patched(indexes: list[int]) -> list[str]:
+        return await _patched(manifest, indexes, cluster, codec)
+
+    for problems in await _in_flight(patched, _cut(sorted(manifest.patches))):
+        audit.problems.extend(problems)
 
 
 async def _patched(
-    audit: SnapshotAudit,
-    manifest: Manifest,
-    indexes: list[int],
-    cluster: BackupCluster,
-    codec: ChunkCodec,
-) -> None:
+    manifest: Manifest, indexes: list[int], cluster: BackupCluster, codec: ChunkCodec
+) -> list[str]:
     """Rebuild patched entries and check each against its chunk id (one by one on a failure)."""
     try:
         await read_chunks(cluster.get, codec, manifest.wanted(indexes))
-    except (ChunkCorrupted, ChunkMissing):
+    except (ChunkCorrupted, ChunkMissing) as err:
         if len(indexes) == 1:
-            raise
+            return [f"disk {manifest.resource_id}: chunk {indexes[0]}: {err}"]
     else:
-        return
+        return []
+    problems: list[str] = []
     for index in indexes:
+        problems.extend(await _patched(manifest, [index], cluster, codec))
+    return problems
+
+
+def _cut(items: list[A]) -> list[list[A]]:
+    """`items` in batches of `BATCH`."""
+    return [items[start : start + BATCH] for start in range(0, len(items), BATCH)]
+
+
+async def _in_flight(check: Callable[[A], Coroutine[Any, Any, B]], batches: list[A]) -> list[B]:
+    """`check` of each batch, `IN_FLIGHT` at a time, the results in order."""
+    results: list[B] = []
+    for start in range(0, len(batches), IN_FLIGHT):
         try:
-            await _patched(audit, manifest, [index], cluster, codec)
-        except (ChunkCorrupted, ChunkMissing) as err:
-            audit.problems.append(f"disk {manifest.resource_id}: chunk {index}: {err}")
+            async with asyncio.TaskGroup() as group:
+                tasks: list[asyncio.Task[B]] = [
+                    group.create_task(check(b)) for b in batches[start : start + IN_FLIGHT]
+                ]
+        except* VmsnapError as failed:
+            raise first_error(failed) from None
+        results.extend(task.result() for task in tasks)
+    return results
 
 
-def _decode_all(codec: ChunkCodec, found: dict[bytes, bytes], audit: SnapshotAudit) -> list[int]:
-    sizes = []
+def _decode_all(codec: ChunkCodec, found: dict[bytes, bytes]) -> tuple[list[str], list[int]]:
+    """Each stored chunk decoded and checked: the problems, and the plain sizes of the good."""
+    problems, sizes = [], []
     for chunk_id, blob in found.items():
         try:
             sizes.append(len(codec.decode(chunk_id, blob)))
         except ChunkCorrupted as err:
-            audit.problems.append(str(err))
-    return sizes
+            problems.append(str(err))
+    return problems, sizes

@@ -8,10 +8,12 @@ On a generated disk (1 MiB extents: 40% zero, 30% text-like, 30% random), on
   snapshot runs;
 - 1% of the 4 KiB blocks rewritten at random, then an incremental snapshot:
   seconds and stored growth;
+- `snapshot verify` of the full snapshot (every chunk fetched and checked): seconds;
 - normal rollback to the full snapshot: seconds;
 - each node's CPU-seconds and minor page faults during each snapshot;
 - the reference on the same image and the same rewrite: `restic backup`,
-  `restic backup` again, `restic restore` (seconds; repository growth).
+  `restic check --read-data` (the repository holds the full backup only), `restic
+  backup` again, `restic restore` (seconds; repository growth).
 
 vmsnap encrypts at rest, as restic does; `--no-encryption` measures it without.
 """
@@ -171,6 +173,11 @@ def run_vmsnap(
         incr_s = time.perf_counter() - started
         incr_usage = usage_since(folder, before)
         started = time.perf_counter()
+        verified = vmsnap(folder, "snapshot", "verify", full["id"])
+        verify_s = time.perf_counter() - started
+        if not verified["ok"]:
+            raise SystemExit(f"the full snapshot failed verification: {verified['problems']}")
+        started = time.perf_counter()
         vmsnap(folder, "rollback", "start", "bench", full["id"])
         rollback_s = time.perf_counter() - started
     finally:
@@ -185,6 +192,7 @@ def run_vmsnap(
         "incr_s": incr_s,
         "incr_stored": stored(incremental),
         "rollback_s": rollback_s,
+        "verify_s": verify_s,
         "p99_idle_us": p99(idle),
         "p99_during_us": p99(during),
         "probes_during": len(during),
@@ -211,6 +219,7 @@ def run_restic(work: Path, image: Path, changes: list[tuple[int, bytes]]) -> dic
     restic("init")
     full_s = restic("backup", str(image))
     full_stored = du(repo)
+    check_s = restic("check", "--read-data")
     with image.open("r+b") as out:
         for offset, data in changes:
             out.seek(offset)
@@ -224,6 +233,7 @@ def run_restic(work: Path, image: Path, changes: list[tuple[int, bytes]]) -> dic
         "incr_s": incr_s,
         "incr_stored": incr_stored,
         "restore_s": restore_s,
+        "check_s": check_s,
     }
 
 
@@ -263,6 +273,7 @@ def main() -> None:
             "<= 0.25",
         ),
         ("normal rollback / restic restore (s)", ours["rollback_s"], ref["restore_s"], ""),
+        ("verify full / restic check --read-data (s)", ours["verify_s"], ref["check_s"], ""),
     ]
     at_rest = "plain" if args.no_encryption else "encrypted"
     print(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import logging
 import os
 import signal
@@ -83,8 +82,7 @@ def keep_freed_memory() -> bool:
     an incremental's CPU on the business node). Raising the trim and mmap thresholds
     keeps that memory mapped; each malloc arena keeps at most `KEEP_FREED` bytes unused.
     """
-    name = ctypes.util.find_library("c")
-    mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_UP_TO)) and bool(

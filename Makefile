@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/volume_write_bench.py
 	$(BIN)/python bench/latency_bench.py
 	$(BIN)/python bench/snapshot_overhead_bench.py
+	$(BIN)/python bench/import_bench.py
 	$(BIN)/python bench/snapshot_bench.py
 
 clean:

@@ -17,6 +17,8 @@ from nodes.client import NodeClient
 from nodes.config import Config
 
 PIECE = 4 * 1024 * 1024
+WRITE_RUN = 1024 * 1024
+"""Largest write of an import: half the smallest frame a node may be configured to take."""
 EXTENT_WINDOW = 1024 * 1024 * 1024
 QCOW2_MAGIC = b"QFI\xfb"
 Progress = Callable[[int], None]
@@ -73,17 +75,18 @@ async def import_raw(
         with path.open("rb") as image:
             offset = 0
             while piece := image.read(PIECE):
-                for start in range(0, len(piece), chunk):
-                    data = piece[start : start + chunk]
-                    at = offset + start
-                    if data.count(0) == len(data):
-                        await client.call(
-                            "volume.zero", {**target, "offset": at, "length": len(data)}
-                        )
-                        zeroed += len(data)
+                calls = []
+                for at, data, zeros in _runs(piece, offset, chunk):
+                    if zeros:
+                        request = {**target, "offset": at, "length": zeros}
+                        calls.append(client.call("volume.zero", request))
+                        zeroed += zeros
                     else:
-                        await client.call("volume.write", {**target, "offset": at, "data": data})
+                        calls.append(
+                            client.call("volume.write", {**target, "offset": at, "data": data})
+                        )
                         written += len(data)
+                await asyncio.gather(*calls)
                 offset += len(piece)
                 progress(len(piece))
         if offset < disk["size"]:
@@ -92,6 +95,34 @@ async def import_raw(
             )
         await client.call("volume.flush", target)
     return {"bytes_written": written, "bytes_zero": zeroed}
+
+
+def _runs(piece: bytes, offset: int, chunk: int) -> list[tuple[int, bytes, int]]:
+    """A piece of an image at `offset` as writes and zeroings of runs of chunks.
+
+    Each item is (offset, data, 0) for a run of neighbouring chunks holding data, at
+    most `WRITE_RUN` bytes, or (offset, b"", length) for a run of neighbouring all-zero
+    chunks, zeroed in one request.
+    """
+    runs: list[tuple[int, bytes, int]] = []
+    start = 0
+    while start < len(piece):
+        zero = _is_zero(piece[start : start + chunk])
+        end = start + chunk
+        while end < len(piece) and _is_zero(piece[end : end + chunk]) == zero:
+            if not zero and end - start >= WRITE_RUN:
+                break
+            end += chunk
+        end = min(end, len(piece), start + (WRITE_RUN if not zero else len(piece)))
+        runs.append(
+            (offset + start, b"", end - start) if zero else (offset + start, piece[start:end], 0)
+        )
+        start = end
+    return runs
+
+
+def _is_zero(data: bytes) -> bool:
+    return data.count(0) == len(data)
 
 
 def import_with_qemu(disk: dict[str, Any], path: Path, fmt: str) -> None:

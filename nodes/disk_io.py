@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.errors import InputError
+from nodes.chunks import is_zero
 from nodes.client import NodeClient
 from nodes.config import Config
 
@@ -107,22 +108,18 @@ def _runs(piece: bytes, offset: int, chunk: int) -> list[tuple[int, bytes, int]]
     runs: list[tuple[int, bytes, int]] = []
     start = 0
     while start < len(piece):
-        zero = _is_zero(piece[start : start + chunk])
+        zero = is_zero(piece[start : start + chunk])
         end = start + chunk
-        while end < len(piece) and _is_zero(piece[end : end + chunk]) == zero:
+        while end < len(piece) and is_zero(piece[end : end + chunk]) == zero:
             if not zero and end - start >= WRITE_RUN:
                 break
             end += chunk
-        end = min(end, len(piece), start + (WRITE_RUN if not zero else len(piece)))
+        end = min(end, len(piece))
         runs.append(
             (offset + start, b"", end - start) if zero else (offset + start, piece[start:end], 0)
         )
         start = end
     return runs
-
-
-def _is_zero(data: bytes) -> bool:
-    return data.count(0) == len(data)
 
 
 def import_with_qemu(disk: dict[str, Any], path: Path, fmt: str) -> None:

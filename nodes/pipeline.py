@@ -16,6 +16,7 @@ from nodes.manifest import Manifest
 from nodes.patches import Patch
 from nodes.peers import Peers
 from nodes.replication import BackupCluster
+from nodes.task_groups import first_error
 
 A = TypeVar("A")
 B = TypeVar("B")
@@ -334,12 +335,3 @@ def _block_calls(
         calls[-1].append(item)
         size += wanted
     return calls
-
-
-def first_error(group: BaseExceptionGroup[VmsnapError]) -> VmsnapError:
-    """The first error a task group collected (what the caller reports)."""
-    first: BaseException = group
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    assert isinstance(first, VmsnapError)
-    return first

@@ -8,14 +8,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from ledger.contract import SnapshotStatus, SnapshotView
-from ledger.errors import VmsnapError
 from nodes.chunks import ChunkCodec
 from nodes.errors import ChunkCorrupted, ChunkMissing, ManifestCorrupted
 from nodes.manifest import Manifest, snapshot_root
 from nodes.manifest_store import load_manifest
 from nodes.patches import read_chunks
-from nodes.pipeline import first_error
 from nodes.replication import BackupCluster
+from nodes.task_groups import run_all
 
 BATCH = 64
 IN_FLIGHT = 4
@@ -135,14 +134,7 @@ async def _in_flight(check: Callable[[A], Coroutine[Any, Any, B]], batches: list
     """`check` of each batch, `IN_FLIGHT` at a time, the results in order."""
     results: list[B] = []
     for start in range(0, len(batches), IN_FLIGHT):
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks: list[asyncio.Task[B]] = [
-                    group.create_task(check(b)) for b in batches[start : start + IN_FLIGHT]
-                ]
-        except* VmsnapError as failed:
-            raise first_error(failed) from None
-        results.extend(task.result() for task in tasks)
+        results.extend(await run_all(check(b) for b in batches[start : start + IN_FLIGHT]))
     return results
 
 

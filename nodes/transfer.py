@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from dataclasses import asdict
 from typing import Any
 
-from ledger.errors import VmsnapError
 from nodes.chunks import ChunkCodec
 from nodes.config import Config
 from nodes.manifest import Manifest
 from nodes.manifest_store import ManifestCache, load_manifest, store_manifest
 from nodes.patches import read_chunks
 from nodes.peers import Peers, node_names
-from nodes.pipeline import BATCH, Pipeline, Source, first_error
+from nodes.pipeline import BATCH, Pipeline, Source
 from nodes.replication import BackupCluster
 from nodes.request_args import integer, text
 from nodes.server import Handler
+from nodes.task_groups import run_all
 
 RESTORE_IN_FLIGHT = 4
 """Batches of chunks a restore compares and writes back at once."""
@@ -147,20 +146,10 @@ class Transfer:
         try:
             for start in range(0, len(candidates), window):
                 part = candidates[start : start + window]
-                try:
-                    async with asyncio.TaskGroup() as group:
-                        tasks = [
-                            group.create_task(
-                                self._restore_batch(
-                                    node, target, manifest, wanted, part[i : i + BATCH]
-                                )
-                            )
-                            for i in range(0, len(part), BATCH)
-                        ]
-                except* VmsnapError as failed:
-                    raise first_error(failed) from None
-                for done in tasks:
-                    batch_restored, batch_written = done.result()
+                for batch_restored, batch_written in await run_all(
+                    self._restore_batch(node, target, manifest, wanted, part[i : i + BATCH])
+                    for i in range(0, len(part), BATCH)
+                ):
                     restored, written = restored + batch_restored, written + batch_written
                 checked += len(part)
                 self.restoring[key]["checked"] = checked
@@ -188,18 +177,18 @@ class Transfer:
                 strict=True,
             )
         )
-        lengths = [
-            min(manifest.chunk_size, manifest.size - i * manifest.chunk_size) for i in differ
-        ]
-        async with asyncio.TaskGroup() as group:
-            for i, length in zip(differ, lengths, strict=True):
-                offset = i * manifest.chunk_size
-                if i in fetched:
-                    request = {**target, "offset": offset, "data": fetched[i]}
-                    group.create_task(self.peers.call(node, "volume.write", request))
-                else:
-                    request = {**target, "offset": offset, "length": length}
-                    group.create_task(self.peers.call(node, "volume.zero", request))
+        size = manifest.chunk_size
+        lengths = [min(size, manifest.size - i * size) for i in differ]
+        await run_all(
+            self.peers.call(
+                node, "volume.write", {**target, "offset": i * size, "data": fetched[i]}
+            )
+            if i in fetched
+            else self.peers.call(
+                node, "volume.zero", {**target, "offset": i * size, "length": length}
+            )
+            for i, length in zip(differ, lengths, strict=True)
+        )
         return len(differ), sum(lengths)
 
     async def restore_progress(self, args: dict[str, Any]) -> dict[str, Any]:

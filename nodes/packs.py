@@ -6,10 +6,18 @@ A pack is PACK_MAGIC followed by records, each written once and never changed::
              BLAKE3(id || blob) (32) | blob
 
 Records describe themselves, so a pack can be verified or re-indexed on its own.
+
+Records are appended with direct I/O (``O_DIRECT``) where the file system allows it: whole
+aligned blocks go from a reused buffer to the disk, so storing a chunk costs no page of
+cache. The last block is written whole, so until the next sync the open pack may end in
+up to ALIGN - 1 zero bytes past its last record; a sync cuts them off, and so does
+recovery after a crash (no record starts with a zero byte).
 """
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 import struct
 from collections import OrderedDict
@@ -31,6 +39,10 @@ ID_SIZE = 32
 MAX_BLOB = 2**32 - 1
 _OPEN_PACKS = 32
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+ALIGN = 4096
+"""Direct writes start and end on multiples of this, in file offset and length."""
+STAGE = 4 * 1024 * 1024
+"""Bytes staged, aligned, per direct write."""
 Record = tuple[bytes, bytes, bytes]
 """A record to write: chunk id, blob, checksum."""
 
@@ -79,9 +91,13 @@ class PackFiles:
     `sync`, fsyncs the records appended since. A record written to the open pack only
     counts once `advance` moves the pack's end past it, so a record that could not be
     indexed is overwritten by the next one.
+
+    Appends to the open pack go through a second, direct handle when the file system
+    takes one (`direct` False forces buffered writes). The bytes of the pack's last
+    partial block are kept, so each direct write can rewrite that block whole.
     """
 
-    def __init__(self, folder: Path, limit: int) -> None:
+    def __init__(self, folder: Path, limit: int, *, direct: bool = True) -> None:
         self.folder = folder
         self.limit = limit
         self.active: int | None = None
@@ -89,6 +105,12 @@ class PackFiles:
         self._unsynced = False
         self._flushing = 0
         self._fds: OrderedDict[int, int] = OrderedDict()
+        self._direct = direct
+        self._direct_fd = -1
+        self._tail = b""
+        self._written: tuple[int, bytes] | None = None
+        self._padded = False
+        self._stage: memoryview | None = None
 
     # -- appending -----------------------------------------------------------------------
 
@@ -108,13 +130,21 @@ class PackFiles:
 
     def activate(self, pack: int, end: int) -> None:
         """Append to `pack` from `end` on."""
+        self._leave()
         self.active, self.end, self._flushing = pack, end, end
-        self.fd(self.active, writable=True)
+        fd = self.fd(self.active, writable=True)
+        self._written = None
+        self._tail = os.pread(fd, end % ALIGN, end - end % ALIGN)
+        if self._direct:
+            try:
+                self._direct_fd = os.open(self.path(pack), os.O_WRONLY | os.O_DIRECT)
+            except (OSError, AttributeError):
+                self._direct = False
 
     def stop_appending_to(self, pack: int) -> None:
         """If `pack` is the open one, the next record starts a new pack instead."""
         if pack == self.active:
-            self.active = None
+            self._leave()
 
     def write(self, records: Sequence[Record]) -> tuple[int, list[int]]:
         """Write records back to back at the open pack's end, cut off again if that fails.
@@ -132,21 +162,42 @@ class PackFiles:
             offsets.append(offset)
             offset += RECORD.size + len(blob)
         try:
-            _write_all(fd, parts, start)
+            if self._direct_fd >= 0:
+                try:
+                    self._write_direct(parts, start, offset)
+                except OSError as err:
+                    if err.errno != errno.EINVAL:
+                        raise
+                    self._end_direct()  # the file system takes no direct write of this shape
+            if self._direct_fd < 0:
+                _write_all(fd, parts, start)
         except OSError:
             os.ftruncate(fd, start)
+            self._padded = False
             raise
         return self.active, offsets
 
     def advance(self, end: int) -> None:
         """Keep the records written up to `end`; they are fsynced by the next `sync`."""
+        if self._written is not None and self._written[0] == end:
+            self._tail = self._written[1]
+        elif self._direct_fd >= 0 and self.active is not None:
+            self._tail = os.pread(self._fds[self.active], end % ALIGN, end - end % ALIGN)
+        self._written = None
         self.end = end
         self._unsynced = True
 
     def sync(self) -> None:
-        """Fsync the open pack if records were appended since the last sync."""
-        if self.active is not None and self._unsynced:
-            os.fsync(self._fds[self.active])
+        """Fsync the open pack if records were appended since the last sync.
+
+        The zero bytes a direct write left past the last record are cut off first.
+        """
+        if self.active is not None and (self._unsynced or self._padded):
+            fd = self._fds[self.active]
+            if self._padded:
+                os.ftruncate(fd, self.end)
+                self._padded = False
+            os.fsync(fd)
         self._unsynced = False
         self._flushing = self.end
 
@@ -154,12 +205,61 @@ class PackFiles:
         """Let the kernel start writing the records appended since the last call, not waiting.
 
         A later `sync` then has little left to write; the pages also leave the cache
-        once written (a backup node rarely reads a chunk it has just stored).
+        once written (a backup node rarely reads a chunk it has just stored). Direct
+        writes have nothing to start.
         """
-        if self.active is not None and self.end > self._flushing:
+        if self._direct_fd < 0 and self.active is not None and self.end > self._flushing:
             fd = self._fds[self.active]
             os.posix_fadvise(fd, self._flushing, self.end - self._flushing, os.POSIX_FADV_DONTNEED)
             self._flushing = self.end
+
+    def _write_direct(self, parts: list[bytes], start: int, stop: int) -> None:
+        """Write `parts` from `start` (the pack's end) to `stop` in whole aligned blocks.
+
+        The staged bytes begin with the kept partial block before `start`, and the last
+        block is filled up with zeros; the bytes of the new partial block at `stop` are
+        kept for `advance`.
+        """
+        if self._stage is None:
+            self._stage = memoryview(mmap.mmap(-1, STAGE))
+        stage, at = self._stage, start - len(self._tail)
+        filled = len(self._tail)
+        stage[:filled] = self._tail
+        for part in parts:
+            view = memoryview(part).cast("B")
+            while view:
+                take = min(len(view), STAGE - filled)
+                stage[filled : filled + take] = view[:take]
+                filled += take
+                view = view[take:]
+                if filled == STAGE:
+                    _pwrite_all(self._direct_fd, stage, at)
+                    at, filled = at + STAGE, 0
+        keep = filled % ALIGN
+        if filled:
+            whole = filled - keep + (ALIGN if keep else 0)
+            stage[filled:whole] = bytes(whole - filled)
+            _pwrite_all(self._direct_fd, stage[:whole], at)
+            self._padded = self._padded or keep > 0
+        self._written = (stop, bytes(stage[filled - keep : filled]))
+
+    def _end_direct(self) -> None:
+        if self._direct_fd >= 0:
+            os.close(self._direct_fd)
+        self._direct_fd = -1
+        self._direct = False
+
+    def _leave(self) -> None:
+        """Stop appending to the open pack: its padding is cut off and its direct handle closed."""
+        if self.active is not None and self._padded:
+            fd = self._fds[self.active]
+            os.ftruncate(fd, self.end)
+            os.fsync(fd)
+        self._padded = False
+        if self._direct_fd >= 0:
+            os.close(self._direct_fd)
+            self._direct_fd = -1
+        self.active = None
 
     # -- reading and scanning ------------------------------------------------------------
 
@@ -180,6 +280,10 @@ class PackFiles:
         fd = self.fd(pack, writable=True)
         size = os.fstat(fd).st_size
         return size, os.pread(fd, len(PACK_MAGIC), 0) == PACK_MAGIC
+
+    def is_padding(self, pack: int, start: int, end: int) -> bool:
+        """Whether `start`..`end` of `pack` is a direct write's padding: fewer than ALIGN zeros."""
+        return 0 < end - start < ALIGN and not any(os.pread(self.fd(pack), end - start, start))
 
     def scan(self, pack: int, start: int, end: int) -> Iterator[Place]:
         """The whole, valid records from `start` to `end`, up to the first bad one."""
@@ -205,6 +309,9 @@ class PackFiles:
 
     def remove(self, pack: int, *, missing_ok: bool = False) -> None:
         """Close and delete a pack's file, durably."""
+        if pack == self.active:
+            self._padded = False
+            self._leave()
         fd = self._fds.pop(pack, None)
         if fd is not None:
             os.close(fd)
@@ -230,6 +337,7 @@ class PackFiles:
 
     def close(self) -> None:
         """Close every cached handle."""
+        self._leave()
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
@@ -254,6 +362,15 @@ def _write_all(fd: int, parts: list[bytes], offset: int) -> None:
             head = parts[first] if first < len(parts) else b""
         if written:
             head = memoryview(head)[written:]
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of `data` at `offset`."""
+    while data:
+        written = os.pwrite(fd, data, offset)
+        if written <= 0:
+            raise OSError(errno.EIO, "a pack write made no progress")
+        data, offset = data[written:], offset + written
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -240,7 +240,10 @@ class StoreUpkeep(ABC):
         if end == 0:
             self._drop_pack(pack)
             return dropped, reindexed, actual
-        if end != actual:
+        if end != actual and self._packs.is_padding(pack, end, actual):
+            self._packs.truncate(pack, end)  # zeros a direct write left after the last record
+            actual = end
+        elif end != actual:
             self._packs.truncate(pack, end)
             log.warning("pack %d: %d bytes cut from a damaged tail", pack, actual - end)
         live, chunks = self._db.execute(

@@ -160,17 +160,7 @@ class Backup:
     async def get_many(self, args: dict[str, Any]) -> dict[str, Any]:
         """Blobs by id; None for a missing or damaged copy (a damaged one is quarantined)."""
         ids = _ids(args, "ids", 256)
-
-        def fetch() -> list[bytes | None]:
-            found: list[bytes | None] = []
-            for chunk_id in ids:
-                try:
-                    found.append(self.store.get(chunk_id))
-                except (ChunkMissing, ChunkCorrupted):
-                    found.append(None)
-            return found
-
-        return {"blobs": await self._run(fetch)}
+        return {"blobs": await self._run(self.store.get_many, ids)}
 
     async def delete_many(self, args: dict[str, Any]) -> dict[str, Any]:
         """Drop chunks from the index (space comes back with compaction)."""

@@ -1,8 +1,6 @@
 """Batch reads from a chunk store: in request order, neighbours read together, damage isolated."""
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import blake3
@@ -12,6 +10,7 @@ from hypothesis import strategies as st
 
 from nodes.chunk_store import ChunkStore
 from nodes.packs import ALIGN, RECORD
+from tests.nodes.page_cache import cached_bytes
 
 ITEMS = 60
 
@@ -87,10 +86,6 @@ def test_a_damaged_record_in_a_run_is_quarantined_alone(tmp_path: Path) -> None:
 
 
 def test_batch_reads_leave_no_pages_in_the_page_cache(tmp_path: Path) -> None:
-    if shutil.which("fincore") is None:
-        if os.environ.get("CI"):
-            pytest.fail("fincore (util-linux) is missing")
-        pytest.skip("fincore (util-linux) is not installed")
     items = [(blake3.blake3(b).digest(), b) for b in (os.urandom(65536) for _ in range(128))]
     with ChunkStore(tmp_path / "chunks") as store:
         store.put_many(items)
@@ -99,12 +94,7 @@ def test_batch_reads_leave_no_pages_in_the_page_cache(tmp_path: Path) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(fd)
         found = store.get_many([cid for cid, _ in items])
-        cached = subprocess.run(
-            ["fincore", "--bytes", "--noheadings", "--output", "RES", str(pack)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
+        cached = cached_bytes(pack)
 
     assert found == [blob for _, blob in items]
-    assert int(cached.strip()) <= ALIGN
+    assert cached <= ALIGN

@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import blake3
@@ -12,6 +11,7 @@ from hypothesis import strategies as st
 
 from nodes.chunk_store import ChunkStore
 from nodes.packs import ALIGN, DEFAULT_PACK_LIMIT, PACK_MAGIC, RECORD, PackFiles, record_checksum
+from tests.nodes.page_cache import cached_bytes
 
 MiB = 1024 * 1024
 
@@ -43,20 +43,6 @@ def append(folder: Path, batches: list[tuple[list[int], bool]], *, direct: bool)
     files.sync()
     files.close()
     return offsets
-
-
-def cached_bytes(path: Path) -> int:
-    if shutil.which("fincore") is None:
-        if os.environ.get("CI"):
-            pytest.fail("fincore (util-linux) is missing")
-        pytest.skip("fincore (util-linux) is not installed")
-    out = subprocess.run(
-        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return int(out.strip())
 
 
 @settings(max_examples=40, deadline=None)

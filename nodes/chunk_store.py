@@ -199,11 +199,11 @@ class ChunkStore(StoreUpkeep):
                 ):
                     rows[row[0]] = Place(*row)
             places = list(rows.values())
-            blobs = dict(zip(rows, self._packs.read_many(places), strict=True))
-            bad = [p for p in places if isinstance(blobs[p.chunk_id], ChunkCorrupted)]
-            for place in bad:
-                error = blobs[place.chunk_id]
-                assert isinstance(error, ChunkCorrupted)
+            read = self._packs.read_many(places)
+            blobs = dict(zip(rows, read, strict=True))
+            pairs = zip(places, read, strict=True)
+            bad = [(p, r) for p, r in pairs if isinstance(r, ChunkCorrupted)]
+            for place, error in bad:
                 self._quarantine(place, error.reason)
             if bad:
                 self._sync()

@@ -290,9 +290,8 @@ class PackFiles:
             place = places[i]
             if run:
                 first, last = places[run[0]], places[run[-1]]
-                end = max(places[j].offset + RECORD.size + places[j].length for j in run)
-                near = place.pack == last.pack and place.offset - end <= READ_GAP
-                if not near or place.offset + RECORD.size + place.length - first.offset > READ_SPAN:
+                near = place.pack == last.pack and place.offset - _end(last) <= READ_GAP
+                if not near or _end(place) - first.offset > READ_SPAN:
                     self._read_run(places, run, found)
                     run = []
             run.append(i)
@@ -303,8 +302,8 @@ class PackFiles:
     def _read_run(
         self, places: Sequence[Place], run: list[int], found: list[bytes | ChunkCorrupted]
     ) -> None:
-        start = places[run[0]].offset
-        end = max(places[i].offset + RECORD.size + places[i].length for i in run)
+        """Read records of one pack, in file order, with one call (records never overlap)."""
+        start, end = places[run[0]].offset, _end(places[run[-1]])
         try:
             span = self._read_span(places[run[0]].pack, start, end)
         except OSError as err:
@@ -441,6 +440,11 @@ def _write_all(fd: int, parts: list[bytes], offset: int) -> None:
             head = parts[first] if first < len(parts) else b""
         if written:
             head = memoryview(head)[written:]
+
+
+def _end(place: Place) -> int:
+    """The offset just past the record at `place`."""
+    return place.offset + RECORD.size + place.length
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:

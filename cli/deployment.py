@@ -114,7 +114,7 @@ def _detail(row: dict[str, Any]) -> str:
     if row["role"] == "business" and "volumes" in detail:
         return (
             f"{detail['volumes']} volumes, {format_size(detail['bytes_allocated'])} allocated, "
-            f"NBD port {detail['nbd_port']}"
+            f"NBD port {detail['nbd_port']}, view server port {detail.get('view_port') or '-'}"
         )
     if row["role"] == "backup" and "chunks" in detail:
         text = f"{detail['chunks']} chunks, {format_size(detail['stored_bytes'])} stored"

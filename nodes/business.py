@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ledger.errors import InputError, NotFound, VmsnapError
+from ledger.errors import InputError, VmsnapError
 from ledger.vm import check_disk_size, check_resource_id, check_vm_name
 from nodes.chunks import ChunkCodec
 from nodes.config import Config
@@ -23,8 +23,10 @@ from nodes.request_args import integer, text
 from nodes.server import Handler
 from nodes.stale_views import release_stale_views
 from nodes.switch import RemoteMirror, Switch
+from nodes.view_server import ViewServer
 from nodes.view_service import ViewService
 from nodes.volume import Volume
+from nodes.volume_names import VolumeNotFound, export_name
 
 if TYPE_CHECKING:
     from nodes.ledger_replica import LedgerReplica
@@ -38,18 +40,6 @@ CHECKPOINT_EVERY = 2.0
 """Seconds between checkpoints of the volumes' metadata logs."""
 SWITCH_INTERVAL = 0.0005
 """How long a thread may hold the GIL while another waits for it (Python's default: 5 ms)."""
-
-
-def export_name(vm: str, resource_id: str) -> str:
-    """The NBD export name of a VM disk."""
-    return f"{vm}/{resource_id}"
-
-
-class VolumeNotFound(NotFound):
-    """No volume for that disk on this node."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(f"no volume {name!r} on this business node")
 
 
 class Business:
@@ -85,8 +75,14 @@ class Business:
             tls=tls,
         )
         self.nbd_port = 0
+        self.view_server: ViewServer | None = None
         self._cleanup: asyncio.Task[int] | None = None
         self._checkpoints: asyncio.Task[None] | None = None
+
+    @property
+    def view_port(self) -> int:
+        """The port of the node's view server (0: it runs none)."""
+        return self.view_server.port if self.view_server is not None else 0
 
     @classmethod
     async def open(cls, config: Config, name: str) -> Business:
@@ -94,6 +90,8 @@ class Business:
         # A thread reading chunks for a snapshot must not keep a VM's request waiting long.
         sys.setswitchinterval(SWITCH_INTERVAL)
         node = cls(config, name)
+        node.view_server = ViewServer(config, name)
+        node.view_server.start()
         _host, node.nbd_port = await node.nbd.start()
         node._checkpoints = asyncio.create_task(node._checkpoint_volumes())
         if node.replica is not None:
@@ -127,6 +125,8 @@ class Business:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, VmsnapError):
                     await task
+        if self.view_server is not None:
+            await self.view_server.close()
         await self.nbd.close()
         await self.peers.close()
         if self.replica is not None:
@@ -169,6 +169,8 @@ class Business:
             "role": "business",
             "pid": os.getpid(),
             "nbd_port": self.nbd_port,
+            "view_port": self.view_port,
+            "view_server_pid": self.view_server.pid if self.view_server is not None else None,
             "volumes": len(self.volumes),
             "bytes_allocated": allocated,
             "bytes_provisioned": sum(v.size for v in self.volumes.values()),

@@ -9,13 +9,13 @@ from nodes.blockdev import Extent
 from nodes.errors import VolumeError
 
 if TYPE_CHECKING:
-    from nodes.volume import Volume
+    from nodes.volume_reads import VolumeReads
 
 
 class FrozenView:
     """A read-only block device over a volume's frozen view."""
 
-    def __init__(self, volume: Volume, name: str, generation: int) -> None:
+    def __init__(self, volume: VolumeReads, name: str, generation: int) -> None:
         self.volume = volume
         self.name = name
         self.generation = generation
@@ -32,7 +32,8 @@ class FrozenView:
 
     def read_chunk(self, idx: int) -> bytes:
         """Chunk `idx` as frozen."""
-        return self.volume.read_view_chunk(self.generation, idx)
+        found = self.volume.read_view_chunks(self.generation, [idx])[0]
+        return found or bytes(min(self.volume.chunk_size, self.size - idx * self.volume.chunk_size))
 
     def read_chunks(self, indexes: Sequence[int]) -> list[bytes]:
         """Chunks `indexes` as frozen, in order; ``b""`` for each all-zero chunk."""

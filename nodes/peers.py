@@ -11,6 +11,9 @@ from nodes.config import Config
 from nodes.errors import NodeError, NodeUnreachable
 from nodes.runfile import RunFile
 
+VIEWS = "/views"
+"""What a client key adds to a node's name for the node's view server."""
+
 
 def node_names(config: Config, role: str) -> list[str]:
     """The names of the topology's nodes of `role`."""
@@ -57,14 +60,37 @@ class Peers:
                     raise
         raise NodeError(f"unreachable: {node}")
 
-    async def _client(self, node: str) -> NodeClient:
+    async def call_views(
+        self,
+        node: str,
+        op: str,
+        args: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Call a read `op` (view_service.READ_OPS) on business `node`'s view server.
+
+        The node itself answers when it runs no view server, or when its view server
+        cannot be reached (it is being started again).
+        """
+        key = f"{node}{VIEWS}"
+        if key in self._clients or self.runfile(node).view_port:
+            try:
+                client = await self._client(key)
+                return await client.call(op, args, timeout=timeout)
+            except NodeUnreachable:
+                await self._drop(key)
+        return await self.call(node, op, args, timeout)
+
+    async def _client(self, key: str) -> NodeClient:
+        """The client of node `key`, or of its view server when `key` ends in `VIEWS`."""
         async with self._lock:
-            client = self._clients.get(node)
+            client = self._clients.get(key)
             if client is None:
+                node = key.removesuffix(VIEWS)
                 run = self.runfile(node)
                 client = NodeClient(
                     run.host,
-                    run.port,
+                    run.view_port if key.endswith(VIEWS) else run.port,
                     self.config.secret(),
                     name=self.name,
                     peer=node,
@@ -72,12 +98,12 @@ class Peers:
                     max_frame=self.config.wire.max_frame,
                 )
                 await client.connect()
-                self._clients[node] = client
+                self._clients[key] = client
             return client
 
-    async def _drop(self, node: str) -> None:
+    async def _drop(self, key: str) -> None:
         async with self._lock:
-            client = self._clients.pop(node, None)
+            client = self._clients.pop(key, None)
         if client is not None:
             await client.close()
 

@@ -167,7 +167,7 @@ class Pipeline:
         while it sends another, and the round trips overlap.
         """
         chunk_calls = [
-            self.peers.call(
+            self.peers.call_views(
                 source.node,
                 "volume.read_chunks",
                 {**source.args(), "indexes": whole[i : i + READ_CALL]},
@@ -175,7 +175,7 @@ class Pipeline:
             for i in range(0, len(whole), READ_CALL)
         ]
         block_calls = [
-            self.peers.call(
+            self.peers.call_views(
                 source.node,
                 "volume.read_blocks",
                 {

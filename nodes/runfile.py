@@ -21,6 +21,7 @@ class RunFile:
     port: int
     started_at: float
     nbd_port: int = 0
+    view_port: int = 0
 
     @classmethod
     def read(cls, path: Path) -> RunFile | None:

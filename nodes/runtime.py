@@ -99,28 +99,28 @@ def rpc_port(config: Config, role: str, name: str) -> int:
     return base + PORT_OFFSETS[role] + index
 
 
-async def open_service(config: Config, role: str, name: str) -> tuple[Service, int]:
-    """Open the service of `role`; return it and its NBD port (0 when it has none)."""
+async def open_service(config: Config, role: str, name: str) -> tuple[Service, dict[str, int]]:
+    """Open the service of `role`; return it and the ports it adds to the run file."""
     if role == "controller":
         from nodes.controller import Controller
 
-        return await Controller.open(config, name), 0
+        return await Controller.open(config, name), {}
     if role == "business":
         from nodes.business import Business
 
         business = await Business.open(config, name)
-        return business, business.nbd_port
+        return business, {"nbd_port": business.nbd_port, "view_port": business.view_port}
     if role == "backup":
         from nodes.backup import Backup
 
-        return await Backup.open(config, name), 0
+        return await Backup.open(config, name), {}
     from nodes.transfer import Transfer
 
-    return await Transfer.open(config, name), 0
+    return await Transfer.open(config, name), {}
 
 
 async def _serve(config: Config, role: str, name: str, reply_delay: float) -> None:
-    service, nbd_port = await open_service(config, role, name)
+    service, ports = await open_service(config, role, name)
     server = NodeServer(
         name,
         config.secret(),
@@ -137,7 +137,7 @@ async def _serve(config: Config, role: str, name: str, reply_delay: float) -> No
         loop.add_signal_handler(sig, stop.set)
     try:
         host, port = await server.start()
-        run = RunFile(name, role, os.getpid(), host, port, time.time(), nbd_port)
+        run = RunFile(name, role, os.getpid(), host, port, time.time(), **ports)
         runfile = run.write(config.run_dir)
         log.info("%s %s listening on %s:%d", role, name, host, port)
         start_recovery = getattr(service, "start_recovery", None)

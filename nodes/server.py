@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -81,11 +82,14 @@ class NodeServer:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
+        sock: socket.socket | None = None,
         max_frame: int = MAX_FRAME,
         timeout: float = 30.0,
         reply_delay: float = 0.0,
     ) -> None:
+        """Serve on `host`:`port`, or on the listening socket `sock` when one is given."""
         self.name = name
+        self._sock = sock
         self._reply_delay = reply_delay
         self._secret = secret
         self._handlers: dict[str, Handler] = {"ping": self._ping, **handlers}
@@ -104,9 +108,14 @@ class NodeServer:
             raise RuntimeError(f"node server {self.name} is closed")
         if self._address is None:
             loop = asyncio.get_running_loop()
-            self._server = await loop.create_server(
-                lambda: FrameStream(self._accept), self._host, self._port
-            )
+            if self._sock is not None:
+                self._server = await loop.create_server(
+                    lambda: FrameStream(self._accept), sock=self._sock
+                )
+            else:
+                self._server = await loop.create_server(
+                    lambda: FrameStream(self._accept), self._host, self._port
+                )
             host, port = self._server.sockets[0].getsockname()[:2]
             self._address = str(host), int(port)
         return self._address

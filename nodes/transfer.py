@@ -167,7 +167,7 @@ class Transfer:
         indexes: list[int],
     ) -> tuple[int, int]:
         """Write back the chunks of `indexes` that differ; how many, and their bytes."""
-        live = await self.peers.call(node, "volume.chunk_ids", {**target, "indexes": indexes})
+        live = await self.peers.call_views(node, "volume.chunk_ids", {**target, "indexes": indexes})
         differ = [i for i, cid in zip(indexes, live["ids"], strict=True) if cid != wanted.get(i)]
         present = [i for i in differ if i in wanted]
         fetched = dict(
@@ -199,7 +199,7 @@ class Transfer:
         found: list[int] = []
         start = 0
         while True:
-            page = await self.peers.call(node, "volume.allocated", {**target, "start": start})
+            page = await self.peers.call_views(node, "volume.allocated", {**target, "start": start})
             found.extend(page["indexes"])
             if not page["more"] or not page["indexes"]:
                 return found

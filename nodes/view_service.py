@@ -3,8 +3,9 @@
 Freezing a volume (the seed's initial snapshot), releasing the view, and making it the
 base dirty tracking counts from; which chunks of a view changed (and which of their 4 KiB
 blocks); and their contents: whole chunks, the blocks a patch needs, or the ids of live
-chunks to compare with a manifest. Reads run on worker threads, off the event loop that
-serves the VMs' NBD requests, in calls of at most `MAX_CHUNKS_PER_CALL` chunks.
+chunks to compare with a manifest. Reads run on worker threads, in calls of at most
+`MAX_CHUNKS_PER_CALL` chunks. The reads (`ViewReads`) are also what the business node's
+view server answers, from a process of its own (nodes/view_server.py).
 """
 
 from __future__ import annotations
@@ -20,18 +21,107 @@ from nodes.chunks import ChunkCodec, is_zero
 from nodes.request_args import integer, text
 from nodes.server import Handler
 from nodes.volume import Volume
+from nodes.volume_reads import VolumeReads
 
 MAX_CHUNKS_PER_CALL = 64
+READ_OPS = ("volume.read_chunks", "volume.read_blocks", "volume.chunk_ids", "volume.allocated")
+"""The requests a view server answers as the business node itself would."""
 
 
-class ViewService:
+class ViewReads:
+    """The ``volume.*`` requests that only read, on the volumes `find` names."""
+
+    def __init__(
+        self, find: Callable[[dict[str, Any]], tuple[str, VolumeReads]], codec: ChunkCodec
+    ) -> None:
+        self._readable = find
+        self.codec = codec
+
+    def handlers(self) -> dict[str, Handler]:
+        """The operations this part of the node serves: `READ_OPS`."""
+        return {
+            "volume.read_chunks": self.read_chunks,
+            "volume.read_blocks": self.read_blocks,
+            "volume.chunk_ids": self.chunk_ids,
+            "volume.allocated": self.allocated,
+        }
+
+    async def read_chunks(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Up to 64 chunks of a view, by index: ``b""`` for an all-zero one; their plain size."""
+        _name, volume = self._readable(args)
+        indexes = _indexes(args, volume)
+        view = volume.view(text(args, "view"))
+        chunks = await asyncio.to_thread(view.read_chunks, indexes)
+        size, chunk = volume.size, volume.chunk_size
+        return {"chunks": chunks, "bytes": sum(min(chunk, size - i * chunk) for i in indexes)}
+
+    async def read_blocks(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The blocks `masks` select of up to 64 chunks of a view, and each whole chunk's id.
+
+        ``ids[i]`` is None for an all-zero chunk; ``blocks[i]`` concatenates the selected
+        blocks in order (a short last block stays short); ``bytes`` is their total length.
+        """
+        _name, volume = self._readable(args)
+        indexes, masks = _indexes(args, volume), args.get("masks")
+        if not isinstance(masks, list) or len(masks) != len(indexes):
+            raise InputError("masks must be a list parallel to indexes")
+        lengths = [min(volume.chunk_size, volume.size - i * volume.chunk_size) for i in indexes]
+        if not all(is_mask_of(m, n) for m, n in zip(masks, lengths, strict=True)):
+            raise InputError("each mask must select at least one block of its chunk, and no other")
+        view = volume.view(text(args, "view"))
+
+        def select() -> tuple[list[bytes | None], list[bytes]]:
+            ids: list[bytes | None] = []
+            blocks: list[bytes] = []
+            for chunk, mask, length in zip(view.read_chunks(indexes), masks, lengths, strict=True):
+                ids.append(None if is_zero(chunk) else self.codec.chunk_id(chunk))
+                blocks.append(pick_blocks(chunk or bytes(length), mask))
+            return ids, blocks
+
+        ids, blocks = await asyncio.to_thread(select)
+        return {"ids": ids, "blocks": blocks, "bytes": sum(len(b) for b in blocks)}
+
+    async def allocated(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Indexes (from `start`, at most `limit`) of chunks holding data; the rest are holes."""
+        _name, volume = self._readable(args)
+        start, limit = integer(args, "start", 0), min(integer(args, "limit", 65536), 65536)
+
+        def page() -> list[int]:
+            found: list[int] = []
+            position = start * volume.chunk_size
+            for extent in volume.allocation(position, volume.size - position):
+                if not extent.flags & STATE_HOLE:
+                    first = position // volume.chunk_size
+                    last = (position + extent.length - 1) // volume.chunk_size
+                    found.extend(i for i in range(first, last + 1) if not found or i > found[-1])
+                    if len(found) >= limit:
+                        return found[:limit]
+                position += extent.length
+            return found
+
+        indexes = await asyncio.to_thread(page)
+        return {"indexes": indexes, "more": len(indexes) == limit}
+
+    async def chunk_ids(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Ids of up to 64 live chunks (None for an all-zero chunk), to compare with a manifest."""
+        _name, volume = self._readable(args)
+        indexes = _indexes(args, volume)
+
+        def ids() -> list[bytes | None]:
+            chunks = volume.read_live_chunks(indexes)
+            return [self.codec.chunk_id(data) if data else None for data in chunks]
+
+        return {"ids": await asyncio.to_thread(ids)}
+
+
+class ViewService(ViewReads):
     """The ``volume.*`` requests about frozen views, on the volumes `find` names."""
 
     def __init__(
         self, find: Callable[[dict[str, Any]], tuple[str, Volume]], codec: ChunkCodec
     ) -> None:
+        super().__init__(find, codec)
         self._volume = find
-        self.codec = codec
 
     def handlers(self) -> dict[str, Handler]:
         """The operations this part of the node serves."""
@@ -40,10 +130,7 @@ class ViewService:
             "volume.release": self.release,
             "volume.commit_base": self.commit_base,
             "volume.changed": self.changed,
-            "volume.read_chunks": self.read_chunks,
-            "volume.read_blocks": self.read_blocks,
-            "volume.chunk_ids": self.chunk_ids,
-            "volume.allocated": self.allocated,
+            **super().handlers(),
         }
 
     async def freeze(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -100,75 +187,8 @@ class ViewService:
             reply["masks"] = [mask for _, mask in changed]
         return reply
 
-    async def read_chunks(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Up to 64 chunks of a view, by index: ``b""`` for an all-zero one; their plain size."""
-        _name, volume = self._volume(args)
-        indexes = _indexes(args, volume)
-        view = volume.view(text(args, "view"))
-        chunks = await asyncio.to_thread(view.read_chunks, indexes)
-        size, chunk = volume.size, volume.chunk_size
-        return {"chunks": chunks, "bytes": sum(min(chunk, size - i * chunk) for i in indexes)}
 
-    async def read_blocks(self, args: dict[str, Any]) -> dict[str, Any]:
-        """The blocks `masks` select of up to 64 chunks of a view, and each whole chunk's id.
-
-        ``ids[i]`` is None for an all-zero chunk; ``blocks[i]`` concatenates the selected
-        blocks in order (a short last block stays short); ``bytes`` is their total length.
-        """
-        _name, volume = self._volume(args)
-        indexes, masks = _indexes(args, volume), args.get("masks")
-        if not isinstance(masks, list) or len(masks) != len(indexes):
-            raise InputError("masks must be a list parallel to indexes")
-        lengths = [min(volume.chunk_size, volume.size - i * volume.chunk_size) for i in indexes]
-        if not all(is_mask_of(m, n) for m, n in zip(masks, lengths, strict=True)):
-            raise InputError("each mask must select at least one block of its chunk, and no other")
-        view = volume.view(text(args, "view"))
-
-        def select() -> tuple[list[bytes | None], list[bytes]]:
-            ids: list[bytes | None] = []
-            blocks: list[bytes] = []
-            for chunk, mask, length in zip(view.read_chunks(indexes), masks, lengths, strict=True):
-                ids.append(None if is_zero(chunk) else self.codec.chunk_id(chunk))
-                blocks.append(pick_blocks(chunk or bytes(length), mask))
-            return ids, blocks
-
-        ids, blocks = await asyncio.to_thread(select)
-        return {"ids": ids, "blocks": blocks, "bytes": sum(len(b) for b in blocks)}
-
-    async def allocated(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Indexes (from `start`, at most `limit`) of chunks holding data; the rest are holes."""
-        _name, volume = self._volume(args)
-        start, limit = integer(args, "start", 0), min(integer(args, "limit", 65536), 65536)
-
-        def page() -> list[int]:
-            found: list[int] = []
-            position = start * volume.chunk_size
-            for extent in volume.allocation(position, volume.size - position):
-                if not extent.flags & STATE_HOLE:
-                    first = position // volume.chunk_size
-                    last = (position + extent.length - 1) // volume.chunk_size
-                    found.extend(i for i in range(first, last + 1) if not found or i > found[-1])
-                    if len(found) >= limit:
-                        return found[:limit]
-                position += extent.length
-            return found
-
-        indexes = await asyncio.to_thread(page)
-        return {"indexes": indexes, "more": len(indexes) == limit}
-
-    async def chunk_ids(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Ids of up to 64 live chunks (None for an all-zero chunk), to compare with a manifest."""
-        _name, volume = self._volume(args)
-        indexes = _indexes(args, volume)
-
-        def ids() -> list[bytes | None]:
-            chunks = volume.read_live_chunks(indexes)
-            return [self.codec.chunk_id(data) if data else None for data in chunks]
-
-        return {"ids": await asyncio.to_thread(ids)}
-
-
-def _indexes(args: dict[str, Any], volume: Volume) -> list[int]:
+def _indexes(args: dict[str, Any], volume: VolumeReads) -> list[int]:
     """The request's ``indexes``: at most `MAX_CHUNKS_PER_CALL` chunks of `volume`."""
     indexes = args.get("indexes")
     if not isinstance(indexes, list) or len(indexes) > MAX_CHUNKS_PER_CALL:

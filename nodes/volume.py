@@ -13,12 +13,12 @@ from pathlib import Path
 
 from nodes.block_masks import BLOCK
 from nodes.blockdev import Extent
-from nodes.chunks import is_zero
 from nodes.errors import VolumeError
 from nodes.frozen_view import FrozenView
-from nodes.sparse import extents, read_chunks, zero_range
+from nodes.sparse import extents, zero_range
 from nodes.volume_masks import GenerationMasks
 from nodes.volume_meta import connect
+from nodes.volume_reads import VolumeReads, generations, preserved_offset
 
 __all__ = ["BLOCK", "DEFAULT_CHUNK", "ViewInfo", "Volume"]
 
@@ -33,7 +33,7 @@ class ViewInfo:
     generation: int
 
 
-class Volume:
+class Volume(VolumeReads):
     """A VM disk: a fixed-size array of chunks in a sparse file, written in place.
 
     Layout of the volume's folder::
@@ -110,11 +110,6 @@ class Volume:
     # -- BlockDevice ----------------------------------------------------------
 
     @property
-    def size(self) -> int:
-        """Size in bytes."""
-        return self._size
-
-    @property
     def read_only(self) -> bool:
         """The live volume is writable."""
         return False
@@ -145,18 +140,7 @@ class Volume:
         """Report holes and data from the sparse file."""
         return extents(self._data, offset, min(length, self._size - offset))
 
-    def allocation(self, offset: int, length: int) -> list[Extent]:
-        """Holes and data of the live contents, synchronously."""
-        return extents(self._data, offset, min(length, self._size - offset))
-
     # -- synchronous core -----------------------------------------------------
-
-    def read_live_chunks(self, indexes: list[int]) -> list[bytes]:
-        """Live chunks `indexes`, in order; ``b""`` for each all-zero one (holes are not read)."""
-        if not all(0 <= i < self.chunks for i in indexes):
-            raise VolumeError(f"chunk index outside the volume ({self.chunks} chunks)")
-        found = read_chunks(self._data, indexes, self.chunk_size, self._size)
-        return [b"" if is_zero(found[i]) else found[i] for i in indexes]
 
     def read_live(self, offset: int, length: int) -> bytes:
         """Read `length` bytes at `offset` of the live volume."""
@@ -295,58 +279,19 @@ class Volume:
         """Generation of the last committed snapshot's view (0: none yet)."""
         return self._base
 
-    def read_view_chunk(self, gen: int, idx: int) -> bytes:
-        """Chunk `idx` as the view frozen at generation `gen` sees it."""
-        with self._lock:
-            row = self._db.execute("SELECT gen FROM chunks WHERE idx = ?", (idx,)).fetchone()
-            if row is None or row[0] <= gen:
-                return self.read_live(idx * self.chunk_size, self._chunk_len(idx))
-            kept = self._db.execute(
-                "SELECT offset FROM preserved WHERE idx = ? AND gen_from <= ? AND gen_to >= ?",
-                (idx, gen, gen),
-            ).fetchone()
-        if kept is None:
-            raise VolumeError(f"chunk {idx} of the view at generation {gen} was not preserved")
-        if kept[0] is None:
-            return bytes(self._chunk_len(idx))
-        return os.pread(self._cow, self._chunk_len(idx), kept[0])
-
-    def read_view_chunks(self, gen: int, indexes: Sequence[int]) -> list[bytes]:
-        """Chunks `indexes` as the view frozen at `gen` sees them; ``b""`` for all-zero ones.
-
-        One index query for the lot and one read per run of neighbouring chunks the
-        view shares with the live file; runs that are holes are not read at all. The
-        reads hold no lock, so the VM's writes do not wait for them: a chunk written
-        meanwhile had its frozen contents preserved first, and is read from there.
-        """
-        with self._lock:
-            written = self._generations(indexes)
-        shared = [i for i in indexes if written.get(i, 0) <= gen]
-        found = read_chunks(self._data, shared, self.chunk_size, self._size)
-        with self._lock:
-            written = self._generations(shared)
-        for idx in shared:
-            if written.get(idx, 0) > gen:
-                del found[idx]
-        for idx in indexes:
-            if idx not in found:
-                found[idx] = self.read_view_chunk(gen, idx)
-        return [b"" if is_zero(found[i]) else found[i] for i in indexes]
-
     def _generations(self, indexes: Sequence[int]) -> dict[int, int]:
-        """The generation of each written chunk among `indexes`; the lock is held."""
-        marks = ",".join("?" * len(indexes))
-        rows = self._db.execute(f"SELECT idx, gen FROM chunks WHERE idx IN ({marks})", indexes)
-        return {int(idx): int(g) for idx, g in rows}
+        with self._lock:
+            return generations(self._db, indexes)
+
+    def _preserved(self, idx: int, gen: int) -> tuple[int | None] | None:
+        with self._lock:
+            return preserved_offset(self._db, idx, gen)
 
     # -- internals --------------------------------------------------------------
 
     def _check(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self._size:
             raise VolumeError(f"range {offset}+{length} is outside the volume ({self._size} bytes)")
-
-    def _chunk_len(self, idx: int) -> int:
-        return min(self.chunk_size, self._size - idx * self.chunk_size)
 
     def _touch(self, offset: int, length: int) -> None:
         """Before writing: preserve old contents views need, record the generation and blocks."""

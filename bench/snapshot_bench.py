@@ -6,7 +6,7 @@ On a generated disk (1 MiB extents: 40% zero, 30% text-like, 30% random), on
 - NBD random 4 KiB write latency p99 on another VM's disk of the same business
   node (one write every 2 ms, as a VM doing light I/O), idle and while the full
   snapshot runs;
-- the same p99 again, during a full snapshot of a second copy of the disk, with the
+- the same p99 again, during a full snapshot of a second disk generated alike, with the
   business host's processes (the business node, its view server and the probe, as
   the VM) on one CPU and the transfer, backup and controller nodes and the CLI on the
   other: a business host of its own, as in a deployment, on a two-CPU machine;
@@ -25,6 +25,7 @@ vmsnap encrypts at rest, as restic does; `--no-encryption` measures it without.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -111,14 +112,38 @@ def p99(values: list[float]) -> float:
 
 
 def node_usage(folder: Path) -> dict[str, tuple[float, int]]:
-    """CPU-seconds and minor page faults so far of each node of the deployment."""
+    """CPU-seconds and minor page faults so far of each node of the deployment.
+
+    A business node's view server (its child process) has a row of its own.
+    """
     usage: dict[str, tuple[float, int]] = {}
+    children = view_servers()
     for runfile in sorted((folder / "data" / "run").glob("*.json")):
         pid = json.loads(runfile.read_text())["pid"]
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        usage[runfile.stem] = ((int(fields[11]) + int(fields[12])) / ticks, int(fields[7]))
+        usage[runfile.stem] = cpu_and_faults(pid)
+        if pid in children:
+            usage[f"{runfile.stem} views"] = cpu_and_faults(children[pid])
     return usage
+
+
+def cpu_and_faults(pid: int) -> tuple[float, int]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks, int(fields[7])
+
+
+def view_servers() -> dict[int, int]:
+    """Running view servers by the pid of the business node that started them."""
+    found: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if b"nodes.view_server" not in (proc / "cmdline").read_bytes():
+                continue
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+        found[parent] = int(proc.name)
+    return found
 
 
 def usage_since(folder: Path, before: dict[str, tuple[float, int]]) -> dict[str, Any]:
@@ -210,7 +235,8 @@ def run_vmsnap(
 def latency_apart(
     folder: Path, image: Path, size: int, port: int, export: str
 ) -> dict[str, float] | None:
-    """Probe p99 idle and during a full snapshot, the business host on a CPU of its own.
+    """Probe p99 idle and during a full snapshot of a second disk (generated alike, other
+    contents), the business host on a CPU of its own.
 
     None on a machine with fewer than two CPUs.
     """
@@ -220,9 +246,11 @@ def latency_apart(
     host, rest = {cpus[0]}, set(cpus[1:])
     vmsnap(folder, "vm", "register", "apart", "--ip", "10.0.0.3", "--disk", f"system:root:{size}")
     url = vmsnap(folder, "disk", "url", "apart", "root")["url"]
-    subprocess.run(
-        ["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(image), url], check=True
-    )
+    other = image.with_name("apart.raw")
+    make_image(other, size, seed=5)
+    convert = ["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(other), url]
+    subprocess.run(convert, check=True)
+    other.unlink()
     status = vmsnap(folder, "status")
     for row in status:
         if row["pid"] is None:
@@ -255,7 +283,8 @@ def latency_apart(
 def pin(pid: int, cpus: set[int]) -> None:
     """Run every thread of process `pid` (and the threads it starts) on `cpus` only."""
     for task in Path(f"/proc/{pid}/task").iterdir():
-        os.sched_setaffinity(int(task.name), cpus)
+        with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
+            os.sched_setaffinity(int(task.name), cpus)
 
 
 def du(path: Path) -> int:

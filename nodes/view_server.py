@@ -48,6 +48,8 @@ RESTART_DELAY = 1.0
 """Seconds between starts of a view server that keeps stopping."""
 STOP_WAIT = 5.0
 """Seconds a view server has to stop after SIGTERM before it is killed."""
+PRUNE_EVERY = 10.0
+"""Seconds between checks for deleted volumes, whose files the view server then closes."""
 _PR_SET_PDEATHSIG = 1
 
 
@@ -145,6 +147,16 @@ class Readers:
             reader = self._open[name] = VolumeReader(folder)
         return name, reader
 
+    def prune(self) -> int:
+        """Close the volumes deleted or replaced since they were opened; return how many.
+
+        Their files stay on disk while they are open.
+        """
+        gone = [name for name, reader in self._open.items() if not reader.current()]
+        for name in gone:
+            self._open.pop(name).close()
+        return len(gone)
+
     def close(self) -> None:
         """Close every volume."""
         for reader in self._open.values():
@@ -168,13 +180,21 @@ async def serve(config: Config, name: str, listening: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    pruning = asyncio.create_task(_prune(readers))
     try:
         host, port = await server.start()
         log.info("view server of %s listening on %s:%d", name, host, port)
         await stop.wait()
     finally:
+        pruning.cancel()
         await server.close()
         readers.close()
+
+
+async def _prune(readers: Readers) -> None:
+    while True:
+        await asyncio.sleep(PRUNE_EVERY)
+        readers.prune()
 
 
 def _die_with(parent: int) -> None:

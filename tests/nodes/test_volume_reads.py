@@ -1,5 +1,6 @@
 """Reading volumes from a process that does not write them (the business node's view server)."""
 
+import contextlib
 import random
 import shutil
 import sqlite3
@@ -151,3 +152,34 @@ def test_readers_find_volumes_by_name_and_reopen_a_volume_made_again(tmp_path: P
         assert second.read_live_chunks([0]) == [pattern(7, CHUNK)]
     finally:
         readers.close()
+
+
+def test_readers_close_the_files_of_a_deleted_volume(tmp_path: Path) -> None:
+    kept, deleted = tmp_path / "volumes" / "vm" / "root", tmp_path / "volumes" / "vm" / "data"
+    create(kept, MiB).close()
+    create(deleted, MiB).close()
+    readers = Readers(tmp_path / "volumes")
+    try:
+        readers.find({"vm": "vm", "resource_id": "root"})
+        readers.find({"vm": "vm", "resource_id": "data"})
+        held = open_files_under(kept)
+        assert held > 0
+        assert open_files_under(deleted) == held
+        assert readers.prune() == 0
+        shutil.rmtree(deleted)
+        assert open_files_under(deleted) == held
+        assert readers.prune() == 1
+        assert open_files_under(deleted) == 0, "the deleted volume's space is freed"
+        assert open_files_under(kept) == held
+    finally:
+        readers.close()
+
+
+def open_files_under(folder: Path) -> int:
+    """This process's open files in `folder` (data, preserved chunks, metadata), deleted too."""
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if str(fd.readlink()).startswith(str(folder) + "/"):
+                count += 1
+    return count

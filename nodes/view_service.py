@@ -20,7 +20,7 @@ from nodes.blockdev import STATE_HOLE
 from nodes.chunks import ChunkCodec, is_zero
 from nodes.request_args import integer, text
 from nodes.server import Handler
-from nodes.volume import Volume
+from nodes.volume import ViewInfo, Volume
 from nodes.volume_reads import VolumeReads
 
 MAX_CHUNKS_PER_CALL = 64
@@ -136,7 +136,13 @@ class ViewService(ViewReads):
     async def freeze(self, args: dict[str, Any]) -> dict[str, Any]:
         """Freeze the volume as a view (the initial snapshot): metadata only."""
         _name, volume = self._volume(args)
-        info = await asyncio.to_thread(volume.freeze, text(args, "view"))
+
+        def freeze() -> tuple[ViewInfo, int, int]:
+            info = volume.freeze(text(args, "view"))
+            changed = len(volume.changed_chunks(info.name))
+            return info, changed, len(volume.changed_chunks(info.name, since=0))
+
+        info, changed, written = await asyncio.to_thread(freeze)
         return {
             "view": info.name,
             "generation": info.generation,
@@ -145,8 +151,8 @@ class ViewService(ViewReads):
             "size": volume.size,
             "base_generation": volume.base_generation,
             "base_view": volume.base_view,
-            "changed": len(volume.changed_chunks(info.name)),
-            "written": len(volume.changed_chunks(info.name, since=0)),
+            "changed": changed,
+            "written": written,
         }
 
     async def release(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -63,10 +63,24 @@ class GenerationMasks:
             self._current[idx] |= span_mask(start - at, end - at)
 
     def seal(self, gen: int) -> None:
-        """Record the masks of the chunks written in generation `gen`, in the caller's commit."""
-        rows = self._db.execute("SELECT idx FROM chunks WHERE gen = ?", (gen,))
-        sealed = [(idx, gen, encode(self._current.get(idx) or self._full(idx))) for (idx,) in rows]
-        self._db.executemany("INSERT OR REPLACE INTO masks VALUES (?, ?, ?)", sealed)
+        """Record the masks of the chunks written in generation `gen`, in the caller's commit.
+
+        Every chunk written gets the full mask in one statement, which SQLite runs without
+        the interpreter (a freeze after a whole disk was written seals every chunk); then
+        the partly written chunks, and a short last chunk, get their own.
+        """
+        self._db.execute(
+            "INSERT OR REPLACE INTO masks SELECT idx, ?, ? FROM chunks WHERE gen = ?",
+            (gen, encode(full_mask(self._chunk)), gen),
+        )
+        own = dict(self._current)
+        last = (self._size - 1) // self._chunk
+        if self._full(last) != full_mask(self._chunk):
+            own.setdefault(last, self._full(last))
+        self._db.executemany(
+            "INSERT OR REPLACE INTO masks SELECT idx, ?, ? FROM chunks WHERE idx = ? AND gen = ?",
+            ((gen, encode(mask), idx, gen) for idx, mask in own.items()),
+        )
 
     def restart(self) -> None:
         """Start the next generation with no chunk written."""

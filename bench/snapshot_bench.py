@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,22 @@ def latencies(
     finally:
         client.close()
     return found
+
+
+@contextlib.contextmanager
+def probing(port: int, export: str) -> Iterator[list[float]]:
+    """Probe write latencies on a thread while the body runs; the list fills as it goes."""
+    during: list[float] = []
+    stop = threading.Event()
+    probe = threading.Thread(
+        target=lambda: during.extend(latencies(port, export, 256 * MiB, 10**9, stop))
+    )
+    probe.start()
+    try:
+        yield during
+    finally:
+        stop.set()
+        probe.join()
 
 
 def p99(values: list[float]) -> float:
@@ -179,19 +196,12 @@ def run_vmsnap(
         )
         port, export = nbd_port(url), "probe/root"
         idle = latencies(port, export, 256 * MiB, 2000, None)
-        during: list[float] = []
-        stop = threading.Event()
-        probe = threading.Thread(
-            target=lambda: during.extend(latencies(port, export, 256 * MiB, 10**9, stop))
-        )
-        probe.start()
         before = node_usage(folder)
-        started = time.perf_counter()
-        full = vmsnap(folder, "snapshot", "create", "bench")
-        full_s = time.perf_counter() - started
-        full_usage = usage_since(folder, before)
-        stop.set()
-        probe.join()
+        with probing(port, export) as during:
+            started = time.perf_counter()
+            full = vmsnap(folder, "snapshot", "create", "bench")
+            full_s = time.perf_counter() - started
+            full_usage = usage_since(folder, before)
         client = TinyClient(port, export="bench/root")
         for handle, (offset, data) in enumerate(changes):
             client.write(offset, data, handle)
@@ -262,20 +272,13 @@ def latency_apart(
             pin(row["pid"], rest)
     pin(os.getpid(), host)
     idle = latencies(port, export, 256 * MiB, 2000, None)
-    during: list[float] = []
-    stop = threading.Event()
-    probe = threading.Thread(
-        target=lambda: during.extend(latencies(port, export, 256 * MiB, 10**9, stop))
-    )
-    probe.start()
-    started = time.perf_counter()
     others = ",".join(map(str, sorted(rest)))
     cli = [sys.executable, "-m", "cli", "--config", str(folder / "vmsnap.toml")]
     snapshot = [*cli, "snapshot", "create", "apart", "--json"]
-    subprocess.run(["taskset", "-c", others, *snapshot], check=True, capture_output=True)
-    full_s = time.perf_counter() - started
-    stop.set()
-    probe.join()
+    with probing(port, export) as during:
+        started = time.perf_counter()
+        subprocess.run(["taskset", "-c", others, *snapshot], check=True, capture_output=True)
+        full_s = time.perf_counter() - started
     pin(os.getpid(), set(cpus))
     return {"p99_idle_us": p99(idle), "p99_during_us": p99(during), "full_s": full_s}
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ledger.errors import InputError, VmsnapError
 from ledger.vm import check_disk_size, check_resource_id, check_vm_name
 from nodes.chunks import ChunkCodec
-from nodes.config import Config
+from nodes.config import NBD_PORT_OFFSET, Config
 from nodes.errors import VolumeError
 from nodes.nbd import NbdServer
 from nodes.nbd_tls import check_exposure
@@ -65,7 +65,7 @@ class Business:
             export = f"{folder.parent.name}/{folder.name}"
             self.volumes[export] = Volume.open(folder)
             self.switches[export] = Switch(self._served(self.volumes[export]))
-        port = config.network.base_port + 100 + int(name.rsplit("-", 1)[1])
+        port = config.network.base_port + NBD_PORT_OFFSET + int(name.rsplit("-", 1)[1])
         tls = config.nbd_tls()
         check_exposure(config.nbd.host, tls is not None, config.nbd.allow_plaintext)
         self.nbd = NbdServer(

@@ -26,7 +26,14 @@ MIN_FRAME = 2 * 1024 * 1024
 Sixteen incompressible 64 KiB chunks (a ``volume.read_chunks`` answer), or a
 ``chunk.put_many`` batch of 1 MiB and one chunk more, are a little over 1 MiB framed.
 """
-MAX_BASE_PORT = 65535 - 64
+NBD_PORT_OFFSET = 100
+"""With a fixed ``network.base_port``, business-N's NBD port is the base + 100 + N."""
+VIEW_PORT_OFFSET = 40
+"""… and its view server's port the base + 40 + N."""
+MAX_FIXED_NODES = 9
+"""With a fixed ``network.base_port``, each role has ten ports: at most nine nodes of a role."""
+MAX_BASE_PORT = 65535 - NBD_PORT_OFFSET - MAX_FIXED_NODES
+"""The highest fixed base port: business-9's NBD port, the highest, is then 65535."""
 """Every node's port (base plus the offset of its role and its index) must stay a port."""
 TRUE_WORDS = ("true", "yes", "on", "1")
 FALSE_WORDS = ("false", "no", "off", "0")
@@ -346,6 +353,18 @@ def _check_limits(config: Config) -> None:
     """Ports, frame sizes, times: values a node would only trip over once running."""
     if not 0 <= config.network.base_port <= MAX_BASE_PORT:
         raise ConfigError("network.base_port", f"must be 0 (any free port) to {MAX_BASE_PORT}")
+    if config.network.base_port:
+        topology = config.topology
+        for role, count in (
+            ("business", topology.business),
+            ("transfer", topology.transfer),
+            ("backup", topology.backup),
+        ):
+            if count > MAX_FIXED_NODES:
+                raise ConfigError(
+                    f"topology.{role}",
+                    f"at most {MAX_FIXED_NODES} nodes while network.base_port fixes the ports",
+                )
     if not MIN_FRAME <= config.wire.max_frame <= 2**32 - 1:
         raise ConfigError("wire.max_frame", f"must be {MIN_FRAME} to {2**32 - 1} bytes")
     if config.chain.genesis_timestamp < 0:

@@ -34,7 +34,7 @@ from typing import Any
 from ledger.errors import VmsnapError
 from ledger.vm import check_resource_id, check_vm_name
 from nodes.chunks import ChunkCodec
-from nodes.config import Config, load_config
+from nodes.config import VIEW_PORT_OFFSET, Config, load_config
 from nodes.request_args import text
 from nodes.runtime import keep_freed_memory, lower_priority
 from nodes.server import NodeServer
@@ -56,7 +56,7 @@ _PR_SET_PDEATHSIG = 1
 def view_port(config: Config, name: str) -> int:
     """The configured port of business node `name`'s view server (0: any free port)."""
     base = config.network.base_port
-    return base + 40 + int(name.rsplit("-", 1)[1]) if base else 0
+    return base + VIEW_PORT_OFFSET + int(name.rsplit("-", 1)[1]) if base else 0
 
 
 class ViewServer:

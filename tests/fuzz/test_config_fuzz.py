@@ -15,7 +15,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ledger.errors import ConfigError
-from nodes.config import SECTIONS, Config, load_config
+from nodes.config import NBD_PORT_OFFSET, SECTIONS, Config, load_config
 from nodes.runtime import PORT_OFFSETS
 from tests.fuzz.tally import fuzz, ran
 
@@ -73,7 +73,8 @@ def write_config(folder: Path, values: dict[tuple[str, str], Any], garbage: byte
 
 def check_usable(config: Config) -> None:
     """Every value a node relies on is in its range."""
-    highest = config.network.base_port + max(PORT_OFFSETS.values()) + 9
+    nodes = max(config.topology.business, config.topology.transfer, config.topology.backup)
+    highest = config.network.base_port + max(*PORT_OFFSETS.values(), NBD_PORT_OFFSET) + nodes
     assert config.network.base_port == 0 or highest <= 65535
     assert math.isfinite(config.wire.timeout) and config.wire.timeout > 0
     assert math.isfinite(config.network.start_timeout) and config.network.start_timeout > 0

@@ -9,7 +9,7 @@ import pytest
 from eth_account import Account
 
 from ledger.errors import ConfigError
-from nodes.config import MIN_FRAME, load_config
+from nodes.config import MAX_BASE_PORT, MAX_FIXED_NODES, MIN_FRAME, load_config
 from nodes.deployment import init_deployment
 from nodes.pipeline import READ_CALL
 from nodes.replication import _batches as replication_batches
@@ -123,3 +123,27 @@ def test_the_smallest_frame_limit_carries_the_largest_chunk_batches() -> None:
     for batch in replication_batches(items):
         request = {"id": 2, "op": "chunk.put_many", "args": {"items": batch, "sync": False}}
         encode_frame(request, MIN_FRAME)
+
+
+def test_a_fixed_base_port_keeps_every_port_of_the_topology_below_65536(tmp_path: Path) -> None:
+    created = init_deployment(tmp_path)
+    rewrite(created.config.path, "base_port = 0", f"base_port = {MAX_BASE_PORT}")
+    config = load_config(created.config.path, {})
+    assert config.network.base_port + 100 + MAX_FIXED_NODES == 65535, "business-9's NBD port"
+
+    rewrite(created.config.path, f"base_port = {MAX_BASE_PORT}", f"base_port = {MAX_BASE_PORT + 1}")
+    with pytest.raises(ConfigError, match=r"network\.base_port"):
+        load_config(created.config.path, {})
+
+
+def test_a_fixed_base_port_allows_at_most_nine_nodes_of_a_role(tmp_path: Path) -> None:
+    created = init_deployment(tmp_path)
+    rewrite(created.config.path, "backup = 3", "backup = 10")
+    assert load_config(created.config.path, {}).topology.backup == 10, "free ports: no limit"
+
+    rewrite(created.config.path, "base_port = 0", "base_port = 20000")
+    with pytest.raises(ConfigError) as caught:
+        load_config(created.config.path, {})
+    assert caught.value.message == (
+        "configuration topology.backup: at most 9 nodes while network.base_port fixes the ports"
+    )

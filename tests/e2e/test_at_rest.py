@@ -84,8 +84,11 @@ def test_a_snapshot_leaves_no_plaintext_on_backup_nodes_and_round_trips(
 
     business = net.root / "data" / "nodes" / "business-1"
     assert files_holding(business, PATTERN), "the search finds the text where it is in clear"
-    for folder in backup_folders(net):
-        assert list(folder.rglob("*.pack")), f"{folder.name} stores chunks"
+    folders = backup_folders(net)
+    # Each chunk lands on two of the three nodes: which two depends on its id, which is
+    # keyed by the deployment's random data key, so one node may hold none of them.
+    assert sum(1 for f in folders if list(f.rglob("*.pack"))) >= 2, "backup nodes store chunks"
+    for folder in folders:
         assert files_holding(folder, PATTERN) == []
     assert files_holding(net.root / "data" / "nodes" / "transfer-1", PATTERN) == []
 

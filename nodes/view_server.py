@@ -34,7 +34,9 @@ from typing import Any
 from ledger.errors import VmsnapError
 from ledger.vm import check_resource_id, check_vm_name
 from nodes.chunks import ChunkCodec
+from nodes.client import NodeClient
 from nodes.config import VIEW_PORT_OFFSET, Config, load_config
+from nodes.errors import NodeError
 from nodes.request_args import text
 from nodes.runtime import keep_freed_memory, lower_priority
 from nodes.server import NodeServer
@@ -48,6 +50,10 @@ RESTART_DELAY = 1.0
 """Seconds between starts of a view server that keeps stopping."""
 STOP_WAIT = 5.0
 """Seconds a view server has to stop after SIGTERM before it is killed."""
+PING_EVERY = 2.0
+"""Seconds between the business node's pings of its running view server."""
+HANG_AFTER = 10.0
+"""Seconds a view server may leave a ping unanswered before it is killed as hung."""
 PRUNE_EVERY = 10.0
 """Seconds between checks for deleted volumes, whose files the view server then closes."""
 _PR_SET_PDEATHSIG = 1
@@ -100,9 +106,61 @@ class ViewServer:
                 pass_fds=(fd,),
                 start_new_session=True,
             )
-            code = await self._process.wait()
+            watching = asyncio.create_task(self._kill_when_hung(self._process))
+            try:
+                code = await self._process.wait()
+            finally:
+                watching.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watching
             log.warning("view server of %s stopped (exit %s); starting it again", self.name, code)
             await asyncio.sleep(max(0.0, RESTART_DELAY - (time.monotonic() - started)))
+
+    async def _kill_when_hung(self, process: asyncio.subprocess.Process) -> None:
+        """Ping `process` until it exits; kill it when a ping goes unanswered too long.
+
+        A new process has `network.start_timeout` to answer its first ping.
+        """
+        client: NodeClient | None = None
+        limit = self.config.network.start_timeout
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(limit):
+                        if client is None:
+                            client = self._pinger(limit + 1)
+                            await client.connect()
+                        await client.call("ping")
+                    limit = HANG_AFTER
+                except TimeoutError:
+                    log.warning(
+                        "view server of %s (pid %d) left a ping unanswered for %g s; killing it",
+                        self.name,
+                        process.pid,
+                        limit,
+                    )
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+                    return
+                except NodeError:
+                    # The connection was closed: the process is exiting; `wait` will tell.
+                    if client is not None:
+                        await client.close()
+                    client = None
+                await asyncio.sleep(PING_EVERY)
+        finally:
+            if client is not None:
+                await client.close()
+
+    def _pinger(self, timeout: float) -> NodeClient:
+        return NodeClient(
+            self.config.network.host,
+            self.port,
+            self.config.secret(),
+            name=self.name,
+            peer=f"{self.name} views",
+            timeout=timeout,
+        )
 
     async def close(self) -> None:
         """Stop the process and close the socket."""

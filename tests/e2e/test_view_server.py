@@ -129,6 +129,35 @@ def test_kill_9_of_the_view_server_mid_snapshot_still_commits_the_exact_disk(
     assert ping(net, port)["pid"] == again
 
 
+def test_a_hung_view_server_is_killed_and_the_snapshot_it_held_commits(
+    net: Deployment, tmp_path: Path
+) -> None:
+    pid = view_server_pid(net)
+    disk(net, "warm-hung", tmp_path, 4 * MiB)
+    net.json("snapshot", "create", "warm-hung")  # the transfer node is connected to it now
+    data = disk(net, "hung-views", tmp_path, 16 * MiB)
+    log = net.root / "data" / "logs" / "business-1.log"
+    logged = log.stat().st_size
+    # Stopped, the view server is alive but answers nothing: only the business node's
+    # pings can tell, and the snapshot's reads wait on it until it is killed.
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        snap = net.json("snapshot", "create", "hung-views")
+        assert not process_alive(pid), "the business node killed its hung view server"
+    finally:
+        if process_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    assert snap["status"] == "committed"
+    with log.open("rb") as lines:
+        lines.seek(logged)
+        assert f"(pid {pid}) left a ping unanswered".encode() in lines.read()
+    assert export(net, "hung-views", snap["id"], tmp_path / "hung.out")[: 16 * MiB] == data
+    assert net.json("snapshot", "verify", snap["id"])["ok"] is True
+    assert ping(net, runfile(net.root, "business-1")["view_port"])["pid"] == view_server_pid(
+        net, old=pid
+    )
+
+
 def test_the_view_server_dies_with_its_business_node(net: Deployment) -> None:
     pid = view_server_pid(net)
     kill_node(net.root, "business-1")

@@ -7,7 +7,6 @@ import os
 import shutil
 import sqlite3
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from nodes.frozen_view import FrozenView
 from nodes.sparse import extents, zero_range
 from nodes.volume_masks import GenerationMasks
 from nodes.volume_meta import connect
-from nodes.volume_reads import VolumeReads, generations, preserved_offset
+from nodes.volume_reads import VolumeReads
 
 __all__ = ["BLOCK", "DEFAULT_CHUNK", "ViewInfo", "Volume"]
 
@@ -278,14 +277,6 @@ class Volume(VolumeReads):
     def base_generation(self) -> int:
         """Generation of the last committed snapshot's view (0: none yet)."""
         return self._base
-
-    def _generations(self, indexes: Sequence[int]) -> dict[int, int]:
-        with self._lock:
-            return generations(self._db, indexes)
-
-    def _preserved(self, idx: int, gen: int) -> tuple[int | None] | None:
-        with self._lock:
-            return preserved_offset(self._db, idx, gen)
 
     # -- internals --------------------------------------------------------------
 

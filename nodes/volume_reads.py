@@ -26,8 +26,8 @@ from nodes.sparse import extents, read_chunks
 class VolumeReads:
     """Reads of the live chunks and frozen views of a volume's files.
 
-    Subclasses open ``_data`` (``data.raw``) and ``_cow`` (``cow.data``), set the geometry
-    and answer the two metadata lookups.
+    Subclasses open ``_data`` (``data.raw``), ``_cow`` (``cow.data``) and ``_db`` (the
+    metadata, used under ``_lock``), and set the geometry.
     """
 
     folder: Path
@@ -36,6 +36,8 @@ class VolumeReads:
     _size: int
     _data: int
     _cow: int
+    _db: sqlite3.Connection
+    _lock: threading.Lock
 
     @property
     def size(self) -> int:
@@ -48,7 +50,8 @@ class VolumeReads:
 
     def _generations(self, indexes: Sequence[int]) -> dict[int, int]:
         """The generation of each written chunk among `indexes` (absent: never written)."""
-        raise NotImplementedError
+        with self._lock:
+            return generations(self._db, indexes)
 
     def _preserved(self, idx: int, gen: int) -> tuple[int | None] | None:
         """Where chunk `idx` as seen at generation `gen` lies in ``cow.data``, if preserved.
@@ -56,7 +59,8 @@ class VolumeReads:
         ``(offset,)``; ``(None,)`` when the preserved contents are zeros; None when the
         chunk was not preserved for that generation.
         """
-        raise NotImplementedError
+        with self._lock:
+            return preserved_offset(self._db, idx, gen)
 
     def allocation(self, offset: int, length: int) -> list[Extent]:
         """Holes and data of the live contents."""
@@ -181,14 +185,6 @@ class VolumeReader(VolumeReads):
             held = self._db.execute("SELECT 1 FROM views WHERE gen = ?", (gen,)).fetchone()
         if held is None:
             raise VolumeError(f"the view at generation {gen} was released while it was read")
-
-    def _generations(self, indexes: Sequence[int]) -> dict[int, int]:
-        with self._lock:
-            return generations(self._db, indexes)
-
-    def _preserved(self, idx: int, gen: int) -> tuple[int | None] | None:
-        with self._lock:
-            return preserved_offset(self._db, idx, gen)
 
     def close(self) -> None:
         """Close the files and the metadata connection."""

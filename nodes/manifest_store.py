@@ -31,13 +31,13 @@ async def store_manifest(cluster: BackupCluster, codec: ChunkCodec, manifest: Ma
 
     The encoded manifest is cut into 4 MiB pieces, each stored as a chunk; the
     index chunk is canonical CBOR ``{"manifest": [piece ids], "length": bytes}``.
+    The pieces and the index go to the cluster together, in one round.
     """
     blob = manifest.encode()
     pieces = [blob[i : i + PIECE] for i in range(0, len(blob), PIECE)] or [b""]
-    piece_ids = await put_blobs(cluster, codec, pieces)
+    piece_ids = [codec.chunk_id(p) for p in pieces]
     index = cbor2.dumps({"manifest": piece_ids, "length": len(blob)}, canonical=True)
-    (index_id,) = await put_blobs(cluster, codec, [index])
-    return index_id
+    return (await put_blobs(cluster, codec, [*pieces, index]))[-1]
 
 
 async def manifest_pieces(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import asdict
 from typing import Any
@@ -108,13 +109,16 @@ class Transfer:
             manifest = Manifest(
                 snapshot, source.vm, source.resource_id, size, chunk_size, None, entries
             )
-        manifest_id = await store_manifest(self.cluster, self.codec, manifest)
+        # The root's hashing runs on a thread while the manifest's copies are sent and synced.
+        manifest_id, root = await asyncio.gather(
+            store_manifest(self.cluster, self.codec, manifest), asyncio.to_thread(manifest.root)
+        )
         self.manifests.put(manifest_id, manifest)
         self.processed += 1
         return {
             "resource_id": source.resource_id,
             "manifest": manifest_id.hex(),
-            "root": manifest.root().hex(),
+            "root": root.hex(),
             "size": size,
             "chunk_size": chunk_size,
             "chunks": len(manifest.entries),

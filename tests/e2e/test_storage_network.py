@@ -13,10 +13,13 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 
 from nodes.config import load_config
 from nodes.errors import RemoteError
+from nodes.manifest import Manifest
+from nodes.manifest_store import PIECE, load_manifest, store_manifest
 from nodes.peers import Peers, node_names
 from nodes.replication import BackupCluster
 from tests.cli.conftest import Deployment, make_deployment
@@ -194,6 +197,42 @@ def _cluster_get(net: Deployment, ids: list[bytes]) -> dict[bytes, bytes]:
             await peers.close()
 
     return asyncio.run(go())
+
+
+def test_a_manifest_of_several_pieces_is_stored_in_one_round_and_loads_back(
+    net: Deployment,
+) -> None:
+    config = load_config(net.config, {})
+    entries = tuple((i, blake3.blake3(i.to_bytes(8, "big")).digest()) for i in range(150_000))
+    manifest = Manifest("f" * 64, "web-01", "root", len(entries) << 16, 1 << 16, None, entries)
+    assert len(manifest.encode()) > PIECE, "the manifest needs two pieces"
+
+    async def go() -> tuple[bytes, Manifest, list[str]]:
+        peers = Peers(config, "test")
+        calls: list[str] = []
+        call = peers.call
+
+        async def counted(node: str, op: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            calls.append(op)
+            return await call(node, op, *args, **kwargs)
+
+        peers.call = counted  # type: ignore[method-assign]
+        try:
+            cluster = BackupCluster(peers, node_names(config, "backup"), config.topology.replicas)
+            manifest_id = await store_manifest(cluster, net.codec(), manifest)
+            stored = list(calls)
+            return manifest_id, await load_manifest(cluster, net.codec(), manifest_id), stored
+        finally:
+            await peers.close()
+
+    manifest_id, loaded, stored = asyncio.run(go())
+    assert loaded == manifest and len(manifest_id) == 32
+    # One round: every existence check (one per node) comes before the first put, as the
+    # pieces and their index go together.
+    first_put = stored.index("chunk.put_many")
+    assert set(stored[:first_put]) == {"chunk.has_many"}
+    assert len(stored[:first_put]) <= len(node_names(config, "backup"))
+    assert set(stored[first_put:]) == {"chunk.put_many"}
 
 
 def test_transfer_stores_the_frozen_view_not_later_writes(net: Deployment) -> None:

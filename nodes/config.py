@@ -33,8 +33,10 @@ VIEW_PORT_OFFSET = 40
 MAX_FIXED_NODES = 9
 """With a fixed ``network.base_port``, each role has ten ports: at most nine nodes of a role."""
 MAX_BASE_PORT = 65535 - NBD_PORT_OFFSET - MAX_FIXED_NODES
-"""The highest fixed base port: business-9's NBD port, the highest, is then 65535."""
-"""Every node's port (base plus the offset of its role and its index) must stay a port."""
+"""The highest fixed base port: business-9's NBD port, the highest, is then 65535.
+
+Every node's port (base plus the offset of its role and its index) must stay a port.
+"""
 TRUE_WORDS = ("true", "yes", "on", "1")
 FALSE_WORDS = ("false", "no", "off", "0")
 

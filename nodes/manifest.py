@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any
 
 import cbor2
@@ -12,12 +12,12 @@ import cbor2
 from ledger.merkle import merkle_root
 from nodes.block_masks import full_mask
 from nodes.errors import ManifestCorrupted
-from nodes.patches import Patch, mask_bytes, stored_ids
+from nodes.patches import MAX_LAYERS, Patch, mask_bytes, stored_ids
 
 FORMAT = 1
 PATCHED_FORMAT = 2
+LAYERED_FORMAT = 3
 ID_SIZE = 32
-NO_BASE = bytes(ID_SIZE)
 
 
 @dataclass(frozen=True)
@@ -33,14 +33,17 @@ class Manifest:
     A manifest with patched entries (``nodes/patches.py``) is format 2 and has one
     more field, ``"patches": [[index, base id or b"", delta id, block mask], ...]``,
     sorted by index, each naming an index of the entries; such an entry's chunk id
-    is the id of the rebuilt chunk, which is not stored as such.
+    is the id of the rebuilt chunk, which is not stored as such. A patch of several
+    layers goes on with one more delta id and mask per layer, oldest first, and makes
+    the manifest format 3.
 
     The root is the RFC 6962 Merkle tree hash over the leaves
     ``[header, index(8 bytes BE) || chunk id, ...]``, where the header is the
     canonical CBOR of every field but the entries and patches, and a patched
-    entry's leaf goes on with ``|| base id (zeros for none) || delta id || mask``
-    (the mask little-endian, one bit per block, in whole bytes): changing any
-    field, any id, any patch, or adding or dropping an entry changes the root.
+    entry's leaf goes on with ``|| base id (zeros for none)`` and, for each layer,
+    ``|| delta id || mask`` (the mask little-endian, one bit per block, in whole
+    bytes): changing any field, any id, any patch, or adding or dropping an entry
+    changes the root.
     """
 
     snapshot: str
@@ -56,9 +59,14 @@ class Manifest:
         """The canonical CBOR of the fields other than the entries."""
         return cbor2.dumps(self._fields(), canonical=True)
 
+    def _format(self) -> int:
+        if any(patch.under for patch in self.patches.values()):
+            return LAYERED_FORMAT
+        return PATCHED_FORMAT if self.patches else FORMAT
+
     def _fields(self) -> dict[str, Any]:
         return {
-            "format": PATCHED_FORMAT if self.patches else FORMAT,
+            "format": self._format(),
             "snapshot": self.snapshot,
             "vm": self.vm,
             "resource_id": self.resource_id,
@@ -70,16 +78,19 @@ class Manifest:
     def root(self) -> bytes:
         """The Merkle root over the header and every entry."""
         leaves = [self.header()]
-        leaves.extend(self._leaf(index, chunk_id) for index, chunk_id in self.entries)
+        patches = self.patches
+        for index, chunk_id in self.entries:
+            leaf = index.to_bytes(8, "big") + chunk_id
+            patch = patches.get(index)
+            if patch is not None:
+                leaf += patch.leaf(self._mask_width(self.chunk_length(index)))
+            leaves.append(leaf)
         return merkle_root(leaves)
 
-    def _leaf(self, index: int, chunk_id: bytes) -> bytes:
-        leaf = index.to_bytes(8, "big") + chunk_id
-        patch = self.patches.get(index)
-        if patch is None:
-            return leaf
-        base = NO_BASE if patch.base is None else patch.base
-        return leaf + base + patch.delta + mask_bytes(patch.mask, self.chunk_length(index))
+    @staticmethod
+    @cache
+    def _mask_width(length: int) -> int:
+        return len(mask_bytes(0, length))
 
     def chunk_length(self, index: int) -> int:
         """Bytes of chunk `index` (the last one may be short)."""
@@ -90,9 +101,7 @@ class Manifest:
         body = self._fields()
         body["entries"] = [[index, chunk_id] for index, chunk_id in self.entries]
         if self.patches:
-            body["patches"] = [
-                [index, p.base or b"", p.delta, p.mask] for index, p in sorted(self.patches.items())
-            ]
+            body["patches"] = [patch.row(index) for index, patch in sorted(self.patches.items())]
         return cbor2.dumps(body, canonical=True)
 
     @classmethod
@@ -108,10 +117,7 @@ class Manifest:
                 chunk_size=body["chunk_size"],
                 parent=body["parent"],
                 entries=tuple((int(i), bytes(c)) for i, c in body["entries"]),
-                patches={
-                    int(i): Patch(bytes(b) or None, bytes(d), int(m))
-                    for i, b, d, m in body.get("patches", [])
-                },
+                patches={int(row[0]): Patch.from_row(row[1:]) for row in body.get("patches", [])},
             )
         except (cbor2.CBORDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
             raise ManifestCorrupted(f"undecodable manifest: {err}") from err
@@ -132,11 +138,12 @@ class Manifest:
                 raise ManifestCorrupted(f"manifest {self.snapshot}: bad entry {index}")
             last = index
         for index, patch in self.patches.items():
+            full = full_mask(self.chunk_length(index))
             if (
                 index not in self.chunk_map
-                or len(patch.delta) != ID_SIZE
+                or len(patch.layers) > MAX_LAYERS
                 or (patch.base is not None and len(patch.base) != ID_SIZE)
-                or not 0 < patch.mask <= full_mask(self.chunk_length(index))
+                or not all(len(d) == ID_SIZE and 0 < m <= full for d, m in patch.layers)
             ):
                 raise ManifestCorrupted(f"manifest {self.snapshot}: bad patch {index}")
 

@@ -96,15 +96,7 @@ class Mirror:
         folder.mkdir(parents=True, exist_ok=True)
         patches = patches or {}
         rows = [
-            [index, chunk]
-            if index not in patches
-            else [
-                index,
-                chunk,
-                patches[index].base or b"",
-                patches[index].delta,
-                patches[index].mask,
-            ]
+            [index, chunk] if index not in patches else patches[index].row(index, chunk)
             for index, chunk in sorted(base.items())
         ]
         (folder / "base.cbor").write_bytes(cbor2.dumps(rows))
@@ -124,10 +116,7 @@ class Mirror:
         base_file = folder / "base.cbor"
         rows = cbor2.loads(base_file.read_bytes()) if base_file.exists() else []
         base = {int(row[0]): bytes(row[1]) for row in rows}
-        patches = {
-            int(i): Patch(bytes(b) or None, bytes(d), int(m))
-            for i, _c, b, d, m in (row for row in rows if len(row) == 5)
-        }
+        patches = {int(row[0]): Patch.from_row(row[2:]) for row in rows if len(row) > 2}
         return cls(folder, meta, base, cluster, codec, local, patches)
 
     def tag(self) -> dict[str, Any]:

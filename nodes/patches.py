@@ -8,6 +8,11 @@ The entry still names the *content id* of the whole chunk, the id it would have 
 plain chunk, so comparisons with a live disk, deduplication and restores work on
 content; reading a patched chunk rebuilds it and checks it against that id.
 
+A chunk patched again gets a *layer*: the blocks written since its parent's patch go
+in a new delta laid over the parent's layers, so each incremental stores only what was
+written since the last one. A patch has at most `MAX_LAYERS` layers; the next change
+folds them into one (every block they cover, read again from the disk).
+
 A base of None is an all-zero chunk (the chunk was a hole in the parent).
 """
 
@@ -26,17 +31,79 @@ Get = Callable[[list[bytes]], Awaitable[dict[bytes, bytes]]]
 """Fetch stored forms by chunk id (every id found, or an error)."""
 
 
+MAX_LAYERS = 4
+"""Most deltas a patch lays over its base: a rebuild reads at most this many plus the base."""
+
+NO_BASE = bytes(32)
+"""A hole's base in a leaf."""
+Layer = tuple[bytes, int]
+"""One delta over a base: (delta id, block mask)."""
+
+
 @dataclass(frozen=True)
 class Patch:
-    """How a patched entry is rebuilt: base chunk (None: zeros), delta chunk, block mask."""
+    """How a patched entry is rebuilt: from its base chunk (None: zeros).
+
+    `under`'s layers are laid over the base in order, then the top one (delta, mask).
+    """
 
     base: bytes | None
     delta: bytes
     mask: int
+    under: tuple[Layer, ...] = ()
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        """Every (delta id, mask), oldest first."""
+        return (*self.under, (self.delta, self.mask))
+
+    @property
+    def covered(self) -> int:
+        """Every block some layer replaces."""
+        covered = self.mask
+        for _delta, mask in self.under:
+            covered |= mask
+        return covered
 
     def stored_ids(self) -> list[bytes]:
         """The stored chunks this patch reads."""
-        return [self.delta] if self.base is None else [self.base, self.delta]
+        deltas = [delta for delta, _mask in self.layers]
+        return deltas if self.base is None else [self.base, *deltas]
+
+    def row(self, *head: object) -> list[object]:
+        """`head`, then base (empty for none) and each layer's delta and mask: a stored row."""
+        row = [*head, self.base or b""]
+        for delta, mask in self.under:
+            row += (delta, mask)
+        row += (self.delta, self.mask)
+        return row
+
+    def leaf(self, width: int) -> bytes:
+        """Base (zeros for none), then each layer's delta and mask in `width` bytes (LE)."""
+        parts = [NO_BASE if self.base is None else self.base]
+        for delta, mask in self.layers:
+            parts += (delta, mask.to_bytes(width, "little"))
+        return b"".join(parts)
+
+    @classmethod
+    def from_row(cls, row: Sequence[object]) -> Patch:
+        """A patch from a row's tail, `[base, delta, mask, ...]`; Value- or TypeError if bad."""
+        if len(row) < 3 or len(row) % 2 == 0:
+            raise ValueError(f"a patch row of {len(row)} fields")
+        under = tuple((_blob(row[i]), _mask(row[i + 1])) for i in range(1, len(row) - 2, 2))
+        return cls(_blob(row[0]) or None, _blob(row[-2]), _mask(row[-1]), under)
+
+
+def _blob(value: object) -> bytes:
+    if not isinstance(value, bytes):
+        raise TypeError(f"a {type(value).__name__} where an id belongs")
+    return value
+
+
+def _mask(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"a {type(value).__name__} where a block mask belongs")
+    return value
 
 
 def stored_ids(chunks: Mapping[int, bytes], patches: Mapping[int, Patch]) -> set[bytes]:
@@ -84,12 +151,14 @@ def apply(base: bytes | None, blocks: bytes, mask: int, length: int) -> bytes:
 def rebuild(
     codec: ChunkCodec, content_id: bytes, patch: Patch, plain: dict[bytes, bytes], length: int
 ) -> bytes:
-    """A patched chunk from its decoded base and delta, checked against its content id."""
-    base = None if patch.base is None else plain[patch.base]
+    """A patched chunk from its decoded base and deltas, checked against its content id."""
+    data = None if patch.base is None else plain[patch.base]
     try:
-        data = apply(base, plain[patch.delta], patch.mask, length)
+        for delta, mask in patch.layers:
+            data = apply(data, plain[delta], mask, length)
     except ValueError as err:
         raise ChunkCorrupted(content_id, f"patch does not apply: {err}") from None
+    assert data is not None  # a patch has at least one layer
     if not hmac.compare_digest(codec.chunk_id(data), content_id):
         raise ChunkCorrupted(content_id, "patched chunk does not match its id")
     return data

@@ -13,7 +13,7 @@ from ledger.errors import VmsnapError
 from nodes.block_masks import BLOCK, block_count
 from nodes.chunks import ChunkCodec, is_zero
 from nodes.manifest import Manifest
-from nodes.patches import Patch
+from nodes.patches import MAX_LAYERS, Layer, Patch
 from nodes.peers import Peers
 from nodes.replication import BackupCluster
 from nodes.task_groups import first_error
@@ -28,10 +28,12 @@ BLOCK_CALL_BYTES = 512 * 1024
 """At most this many bytes of blocks per `volume.read_blocks` answer: half the smallest frame."""
 IN_FLIGHT = 3
 STORERS = 2
-Planned = tuple[int, tuple[bytes | None, int] | None]
-"""A changed chunk's index, and the (base, mask) of its patch, or None to read it whole."""
-PatchRead = tuple[int, bytes | None, int]
-"""A chunk to read as the blocks of a patch: index, base id (None: a hole), mask."""
+Stem = tuple[bytes | None, tuple[Layer, ...], int]
+"""What a patch is read for: base id (None: a hole), the layers it goes over, block mask."""
+Planned = tuple[int, Stem | None]
+"""A changed chunk's index, and its patch's stem, or None to read it whole."""
+PatchRead = tuple[int, bytes | None, tuple[Layer, ...], int]
+"""A chunk to read as the blocks of a patch: index, base id, layers under it, mask."""
 
 
 @dataclass
@@ -56,11 +58,12 @@ class Batch:
     """Chunks read from a view, whole or as the blocks a patch needs.
 
     whole:   (index, plaintext; ``b""`` when all zero)
-    partial: (index, content id or None when all zero, base id or None, mask, blocks)
+    partial: (index, content id or None when all zero, base id or None, layers under, mask,
+              blocks)
     """
 
     whole: list[tuple[int, bytes]]
-    partial: list[tuple[int, bytes | None, bytes | None, int, bytes]]
+    partial: list[tuple[int, bytes | None, bytes | None, tuple[Layer, ...], int, bytes]]
     plain_bytes: int
 
 
@@ -92,9 +95,11 @@ class Pipeline:
 
     With a parent manifest, a changed chunk whose written blocks (with those of
     its parent's patch) are at most half of it is read as those blocks only, and
-    stored as a patch on its parent's base (``nodes/patches.py``); the business
-    node hashes the whole chunk for its content id. When that content is already
-    stored whole, the entry refers to it instead.
+    stored as a patch (``nodes/patches.py``): on its parent's chunk, or as one more
+    layer over its parent's patch; a patch already `MAX_LAYERS` deep is folded into
+    one layer of every block it covers. The business node hashes the whole chunk
+    for its content id. When that content is already stored whole, the entry refers
+    to it instead.
     """
 
     def __init__(self, peers: Peers, cluster: BackupCluster, codec: ChunkCodec) -> None:
@@ -180,8 +185,8 @@ class Pipeline:
                 "volume.read_blocks",
                 {
                     **source.args(),
-                    "indexes": [idx for idx, _base, _mask in group],
-                    "masks": [mask for _idx, _base, mask in group],
+                    "indexes": [idx for idx, *_stem, _mask in group],
+                    "masks": [mask for *_read, mask in group],
                 },
             )
             for group in _block_calls(partial)
@@ -194,8 +199,8 @@ class Pipeline:
         return Batch(
             list(zip(whole, chunks, strict=True)),
             [
-                (idx, cid, base, mask, data)
-                for (idx, base, mask), cid, data in zip(partial, ids, blocks, strict=True)
+                (idx, cid, base, under, mask, data)
+                for (idx, base, under, mask), cid, data in zip(partial, ids, blocks, strict=True)
             ],
             sum(int(r["bytes"]) for r in replies),
         )
@@ -227,16 +232,16 @@ class Pipeline:
                 (idx, None) for idx, *_rest in batch.partial if idx not in present
             )
             plain = {cid: data for _idx, cid, data in keyed if cid is not None}
-            deltas = {pid: blocks for _i, cid, _b, _m, pid, blocks in patched if cid is not None}
+            deltas = {pid: blocks for _i, cid, *_stem, pid, blocks in patched if cid is not None}
             contents = (
                 {cid for _i, cid, *_rest in patched if cid is not None} - claimed - set(plain)
             )
             unseen = [cid for cid in [*plain, *deltas] if cid not in claimed]
             claimed.update(unseen)
             lacking = await self.cluster.missing([*unseen, *contents])
-            for idx, cid, base, mask, pid, _blocks in patched:
+            for idx, cid, base, under, mask, pid, _blocks in patched:
                 if cid is not None and cid in lacking and cid not in claimed:
-                    stats.patches[idx] = Patch(base, pid, mask)
+                    stats.patches[idx] = Patch(base, pid, mask, under)
             wanted = {**plain, **deltas}
             stored = dict(
                 await self._parallel(
@@ -258,11 +263,11 @@ class Pipeline:
         ]
 
     def _key_patches(
-        self, batch: list[tuple[int, bytes | None, bytes | None, int, bytes]]
-    ) -> list[tuple[int, bytes | None, bytes | None, int, bytes, bytes]]:
+        self, batch: list[tuple[int, bytes | None, bytes | None, tuple[Layer, ...], int, bytes]]
+    ) -> list[tuple[int, bytes | None, bytes | None, tuple[Layer, ...], int, bytes, bytes]]:
         return [
-            (idx, cid, base, mask, self.codec.chunk_id(blocks), blocks)
-            for idx, cid, base, mask, blocks in batch
+            (idx, cid, base, under, mask, self.codec.chunk_id(blocks), blocks)
+            for idx, cid, base, under, mask, blocks in batch
         ]
 
     def _encode(self, plain: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -282,18 +287,28 @@ class Pipeline:
 
 
 def _plan(parent: Manifest | None, indexes: list[int], masks: list[int | None]) -> list[Planned]:
-    """How to read each changed chunk: whole, or as the blocks (base, mask) of a patch."""
+    """How to read each changed chunk: whole, or as the blocks of a patch.
+
+    A chunk whose blocks written since the parent's base (the parent's patch's and
+    these) are more than half of it is read whole. Otherwise only the blocks written
+    now are read, as a patch on the parent's chunk or a layer over its patch; a patch
+    with no room for a layer is read again as one layer of all its blocks.
+    """
     planned: list[Planned] = []
     for idx, written in zip(indexes, masks, strict=True):
         if parent is None or written is None:
             planned.append((idx, None))
             continue
         prior = parent.patches.get(idx)
-        needed = written | (prior.mask if prior else 0)
-        if needed.bit_count() * 2 > block_count(parent.chunk_length(idx)):
+        covered = written | (prior.covered if prior else 0)
+        if covered.bit_count() * 2 > block_count(parent.chunk_length(idx)):
             planned.append((idx, None))
+        elif prior is None:
+            planned.append((idx, (parent.chunk_map.get(idx), (), written)))
+        elif len(prior.layers) < MAX_LAYERS:
+            planned.append((idx, (prior.base, prior.layers, written)))
         else:
-            planned.append((idx, (prior.base if prior else parent.chunk_map.get(idx), needed)))
+            planned.append((idx, (prior.base, (), covered)))
     return planned
 
 
@@ -328,7 +343,7 @@ def _block_calls(
     calls: list[list[PatchRead]] = []
     size = 0
     for item in partial:
-        wanted = item[2].bit_count() * BLOCK
+        wanted = item[-1].bit_count() * BLOCK
         if not calls or len(calls[-1]) == BLOCK_CALL or size + wanted > BLOCK_CALL_BYTES:
             calls.append([])
             size = 0

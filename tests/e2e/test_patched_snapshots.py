@@ -14,6 +14,7 @@ from nodes.chunks import ChunkCodec
 from nodes.config import load_config
 from nodes.manifest import Manifest
 from nodes.manifest_store import load_manifest
+from nodes.patches import MAX_LAYERS
 from nodes.peers import Peers, node_names
 from nodes.replication import BackupCluster
 from tests.cli.conftest import Deployment, running
@@ -66,7 +67,8 @@ def _manifest(net: Deployment, snapshot: dict[str, Any]) -> Manifest:
 
 
 def _masks(net: Deployment, snapshot: dict[str, Any]) -> dict[int, int]:
-    return {i: p.mask for i, p in _manifest(net, snapshot).patches.items()}
+    """Every patched entry's blocks, over all its layers."""
+    return {i: p.covered for i, p in _manifest(net, snapshot).patches.items()}
 
 
 def test_a_few_written_blocks_are_read_and_stored_as_patches_and_read_back_whole(
@@ -101,11 +103,12 @@ def test_a_few_written_blocks_are_read_and_stored_as_patches_and_read_back_whole
     at_second = bytes(image)
     assert _export(net, tmp_path / "second.raw", second["id"]) == at_second
 
-    _write(url, image, rng, (7 * BLOCK, BLOCK))  # chunk 0 again: the patch grows
+    _write(url, image, rng, (7 * BLOCK, BLOCK))  # chunk 0 again: a layer over its patch
     third = net.json("snapshot", "create", "pt-01")
     (disk,) = third["disk_details"]
-    assert (disk["changed_chunks"], disk["bytes_read"]) == (1, 2 * BLOCK)
+    assert (disk["changed_chunks"], disk["bytes_read"]) == (1, BLOCK)
     assert _masks(net, third) == {0: (1 << 3) | (1 << 7), 5: 0b1100, 200: 1 << 15}
+    assert [mask for _delta, mask in _manifest(net, third).patches[0].layers] == [1 << 3, 1 << 7]
     at_third = bytes(image)
     assert _export(net, tmp_path / "third.raw", third["id"]) == at_third
 
@@ -129,9 +132,40 @@ def test_a_few_written_blocks_are_read_and_stored_as_patches_and_read_back_whole
         assert net.json("snapshot", "verify", snap["id"])["ok"] is True
 
 
-def test_verify_fails_loudly_when_every_copy_of_a_delta_is_altered(net: Deployment) -> None:
-    snap = net.json("snapshot", "show", net.json("snapshot", "list", "pt-01")[-1]["id"])
-    assert alter_stored_copies(net.root, _manifest(net, snap).patches[0].delta) == 2
+def test_each_incremental_stores_only_blocks_written_since_until_the_layers_are_folded(
+    net: Deployment, tmp_path: Path
+) -> None:
+    """Chunk 9 rewritten one block per snapshot: each snapshot reads that block alone, as
+    one more layer, until the patch has `MAX_LAYERS`; the next reads every block it covers
+    again, as one layer. Every snapshot exports as the disk was and verifies."""
+    rng = random.Random(11)
+    url = str(net.ok("disk", "url", "pt-01", "root").stdout.strip())
+    image = bytearray(_export(net, tmp_path / "now.raw"))
+    net.json("snapshot", "create", "pt-01")  # whatever the rollbacks left, taken whole
+    taken = []
+    for n in range(MAX_LAYERS + 1):
+        _write(url, image, rng, (9 * CHUNK + n * BLOCK, BLOCK))
+        snap = net.json("snapshot", "create", "pt-01")
+        (disk,) = snap["disk_details"]
+        patch = _manifest(net, snap).patches[9]
+        if n < MAX_LAYERS:
+            assert (disk["changed_chunks"], disk["bytes_read"]) == (1, BLOCK)
+            assert [mask for _delta, mask in patch.layers] == [1 << b for b in range(n + 1)]
+        else:
+            assert (disk["changed_chunks"], disk["bytes_read"]) == (1, (n + 1) * BLOCK)
+            assert [mask for _delta, mask in patch.layers] == [(1 << (n + 1)) - 1]
+        taken.append((snap, bytes(image)))
+    for snap, expected in taken:
+        assert _export(net, tmp_path / "at.raw", snap["id"]) == expected
+        assert net.json("snapshot", "verify", snap["id"])["ok"] is True
+
+
+def test_verify_fails_loudly_when_every_copy_of_a_lower_layer_is_altered(net: Deployment) -> None:
+    """The snapshot whose chunk 9 has `MAX_LAYERS` layers: its oldest delta is altered."""
+    snap = net.json("snapshot", "show", net.json("snapshot", "list", "pt-01")[-2]["id"])
+    layers = _manifest(net, snap).patches[9].layers
+    assert len(layers) == MAX_LAYERS
+    assert alter_stored_copies(net.root, layers[0][0]) == 2
     result = net.run("snapshot", "verify", snap["id"])
     assert result.exit_code == 6
     assert "failed verification" in result.output

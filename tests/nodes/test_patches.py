@@ -1,9 +1,10 @@
-"""Patched chunks and format-2 manifests: rebuilding, checking, encoding and roots."""
+"""Patched chunks and format-2 and -3 manifests: rebuilding, checking, encoding and roots."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 
 import cbor2
 import pytest
@@ -13,7 +14,8 @@ from nodes.block_masks import BLOCK, pick_blocks
 from nodes.chunks import ChunkCodec
 from nodes.errors import ChunkCorrupted, ManifestCorrupted
 from nodes.manifest import Manifest
-from nodes.patches import Patch, apply, read_chunks
+from nodes.mirror import Mirror, MirrorMeta
+from nodes.patches import MAX_LAYERS, Patch, apply, read_chunks
 
 CHUNK = 64 * 1024
 CODEC = ChunkCodec(bytes(range(32)))
@@ -163,3 +165,76 @@ def test_read_chunks_rebuilds_patched_chunks_and_checks_them_against_their_ids()
     misfit = [(base_id, Patch(base_id, delta, 0b11 << 3), CHUNK)]
     with pytest.raises(ChunkCorrupted, match="does not apply"):
         asyncio.run(read_chunks(store.get, CODEC, misfit))
+
+
+LAYERED = Patch(b"d" * 32, b"g" * 32, 0b100, ((b"e" * 32, 0b11),))
+
+
+def test_a_layered_patch_makes_format_3_round_trips_and_its_root_covers_every_layer() -> None:
+    layered = _manifest({2: LAYERED, 5: Patch(None, b"f" * 32, 1)})
+    body = cbor2.loads(layered.encode())
+    assert body["format"] == 3
+    assert body["patches"][0] == [2, b"d" * 32, b"e" * 32, 0b11, b"g" * 32, 0b100]
+    assert Manifest.decode(layered.encode()) == layered
+    assert layered.chunk_ids() == {b"a" * 32, b"d" * 32, b"e" * 32, b"f" * 32, b"g" * 32}
+    variants = [
+        Patch(b"d" * 32, b"g" * 32, 0b100, ((b"x" * 32, 0b11),)),  # another lower delta
+        Patch(b"d" * 32, b"g" * 32, 0b100, ((b"e" * 32, 0b10),)),  # another lower mask
+        Patch(b"d" * 32, b"g" * 32, 0b100),  # no lower layer
+        Patch(b"d" * 32, b"e" * 32, 0b11, ((b"g" * 32, 0b100),)),  # layers swapped
+    ]
+    roots = {layered.root()} | {
+        _manifest({2: v, 5: Patch(None, b"f" * 32, 1)}).root() for v in variants
+    }
+    assert len(roots) == 1 + len(variants)
+
+
+def test_a_patch_deeper_than_the_limit_or_with_a_bad_layer_is_refused() -> None:
+    deep = Patch(b"d" * 32, b"g" * 32, 1, tuple((bytes([n]) * 32, 1) for n in range(MAX_LAYERS)))
+    for patch in (
+        deep,
+        Patch(b"d" * 32, b"g" * 32, 1, ((b"e" * 31, 1),)),
+        Patch(b"d" * 32, b"g" * 32, 1, ((b"e" * 32, 0),)),
+    ):
+        with pytest.raises(ManifestCorrupted, match="bad patch"):
+            Manifest.decode(_manifest({2: patch}).encode())
+    body = cbor2.loads(_manifest({2: LAYERED}).encode())
+    body["patches"] = [[2, b"d" * 32, b"e" * 32, 0b11, b"g" * 32]]  # a delta without a mask
+    with pytest.raises(ManifestCorrupted):
+        Manifest.decode(cbor2.dumps(body, canonical=True))
+    body["patches"], body["format"] = [LAYERED.row(2)], 2  # layers under format 2
+    with pytest.raises(ManifestCorrupted, match="format"):
+        Manifest.decode(cbor2.dumps(body, canonical=True))
+
+
+def test_read_chunks_lays_each_layer_over_the_base_in_order() -> None:
+    rng = random.Random(3)
+    store = Store()
+    base = _blob(rng)
+    first, second = bytearray(base), bytearray(base)
+    first[0 : 2 * BLOCK] = _blob(rng, 2 * BLOCK)  # blocks 0 and 1
+    second[:] = first
+    second[BLOCK : 2 * BLOCK] = _blob(rng, BLOCK)  # block 1 again, over the first layer
+    second[5 * BLOCK : 6 * BLOCK] = _blob(rng, BLOCK)  # and block 5
+    lower = store.put(pick_blocks(bytes(first), 0b11))
+    upper = store.put(pick_blocks(bytes(second), 0b100010))
+    patch = Patch(store.put(base), upper, 0b100010, ((lower, 0b11),))
+    wanted = [(CODEC.chunk_id(bytes(second)), patch, CHUNK)]
+    assert asyncio.run(read_chunks(store.get, CODEC, wanted)) == [bytes(second)]
+    swapped = Patch(patch.base, lower, 0b11, ((upper, 0b100010),))
+    with pytest.raises(ChunkCorrupted, match="does not match its id"):
+        asyncio.run(read_chunks(store.get, CODEC, [(wanted[0][0], swapped, CHUNK)]))
+
+
+def test_a_mirror_keeps_layered_and_single_patches_across_a_reopen(tmp_path: Path) -> None:
+    """The base map a fast rollback's mirror writes on its backup node, read back on restart.
+
+    No cluster is needed to write and reopen it: None stands in, and is never called.
+    """
+    meta = MirrorMeta("ab" * 32, "vm", "root", 3 * CHUNK, CHUNK, "cd" * 32)
+    base = {0: b"a" * 32, 1: b"b" * 32, 2: b"c" * 32}
+    patches = {1: LAYERED, 2: Patch(None, b"f" * 32, 1)}
+    Mirror.create(tmp_path, meta, base, None, CODEC, patches=patches)  # type: ignore[arg-type]
+    reopened = Mirror.open(tmp_path, None, CODEC)  # type: ignore[arg-type]
+    assert (reopened.base, reopened.patches) == (base, patches)
+    assert reopened.stored_ids() == {b"a" * 32, b"d" * 32, b"e" * 32, b"f" * 32, b"g" * 32}

@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/snapshot_overhead_bench.py
 	$(BIN)/python bench/import_bench.py
 	$(BIN)/python bench/snapshot_bench.py
+	$(BIN)/python bench/incremental_series_bench.py
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -39,7 +39,9 @@ class Restic:
     def run(self, *args: str) -> float:
         started = time.perf_counter()
         command = ["restic", "--cache-dir", str(self.cache), "--repo", str(self.repo), *args]
-        subprocess.run(command, env=self.env, check=True, capture_output=True)
+        done = subprocess.run(command, env=self.env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"restic {args[0]} failed: {done.stderr.strip()}")
         return time.perf_counter() - started
 
     def backup(self, image: Path) -> tuple[float, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from functools import cache, cached_property
+from functools import cached_property
 from typing import Any
 
 import cbor2
@@ -12,7 +12,7 @@ import cbor2
 from ledger.merkle import merkle_root
 from nodes.block_masks import full_mask
 from nodes.errors import ManifestCorrupted
-from nodes.patches import MAX_LAYERS, Patch, mask_bytes, stored_ids
+from nodes.patches import MAX_LAYERS, Patch, stored_ids
 
 FORMAT = 1
 PATCHED_FORMAT = 2
@@ -83,14 +83,9 @@ class Manifest:
             leaf = index.to_bytes(8, "big") + chunk_id
             patch = patches.get(index)
             if patch is not None:
-                leaf += patch.leaf(self._mask_width(self.chunk_length(index)))
+                leaf += patch.leaf(self.chunk_length(index))
             leaves.append(leaf)
         return merkle_root(leaves)
-
-    @staticmethod
-    @cache
-    def _mask_width(length: int) -> int:
-        return len(mask_bytes(0, length))
 
     def chunk_length(self, index: int) -> int:
         """Bytes of chunk `index` (the last one may be short)."""

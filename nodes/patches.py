@@ -73,16 +73,15 @@ class Patch:
     def row(self, *head: object) -> list[object]:
         """`head`, then base (empty for none) and each layer's delta and mask: a stored row."""
         row = [*head, self.base or b""]
-        for delta, mask in self.under:
-            row += (delta, mask)
-        row += (self.delta, self.mask)
+        for layer in self.layers:
+            row += layer
         return row
 
-    def leaf(self, width: int) -> bytes:
-        """Base (zeros for none), then each layer's delta and mask in `width` bytes (LE)."""
+    def leaf(self, length: int) -> bytes:
+        """Base (zeros for none), then each layer's delta and mask, of a `length`-byte chunk."""
         parts = [NO_BASE if self.base is None else self.base]
         for delta, mask in self.layers:
-            parts += (delta, mask.to_bytes(width, "little"))
+            parts += (delta, mask_bytes(mask, length))
         return b"".join(parts)
 
     @classmethod

@@ -12,7 +12,7 @@ import cbor2
 from ledger.merkle import merkle_root
 from nodes.block_masks import full_mask
 from nodes.errors import ManifestCorrupted
-from nodes.patches import MAX_LAYERS, Patch, stored_ids
+from nodes.patches import MAX_LAYERS, Layer, Patch, stored_ids
 
 FORMAT = 1
 PATCHED_FORMAT = 2
@@ -116,8 +116,9 @@ class Manifest:
             )
         except (cbor2.CBORDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
             raise ManifestCorrupted(f"undecodable manifest: {err}") from err
-        fields = {*manifest._fields(), "entries"} | ({"patches"} if "patches" in body else set())
-        if body.get("format") != manifest._fields()["format"] or set(body) != fields:
+        expected = manifest._fields()
+        fields = {*expected, "entries"} | ({"patches"} if "patches" in body else set())
+        if body.get("format") != expected["format"] or set(body) != fields:
             raise ManifestCorrupted("unknown manifest format or fields")
         if "patches" in body and len(body["patches"]) != len(manifest.patches):
             raise ManifestCorrupted(f"manifest {manifest.snapshot}: repeated patch")
@@ -136,9 +137,11 @@ class Manifest:
             full = full_mask(self.chunk_length(index))
             if (
                 index not in self.chunk_map
-                or len(patch.layers) > MAX_LAYERS
+                or len(patch.under) >= MAX_LAYERS
                 or (patch.base is not None and len(patch.base) != ID_SIZE)
-                or not all(len(d) == ID_SIZE and 0 < m <= full for d, m in patch.layers)
+                or len(patch.delta) != ID_SIZE
+                or not 0 < patch.mask <= full
+                or (patch.under and not _layers_fit(patch.under, full))
             ):
                 raise ManifestCorrupted(f"manifest {self.snapshot}: bad patch {index}")
 
@@ -188,6 +191,11 @@ class Manifest:
     def stored_size(self) -> int:
         """Bytes of disk data the entries stand for (holes excluded)."""
         return sum(min(self.chunk_size, self.size - i * self.chunk_size) for i, _ in self.entries)
+
+
+def _layers_fit(layers: tuple[Layer, ...], full: int) -> bool:
+    """Every layer names a whole id and some of a chunk's blocks (`full`: all of them)."""
+    return all(len(delta) == ID_SIZE and 0 < mask <= full for delta, mask in layers)
 
 
 def snapshot_root(disk_roots: Mapping[str, bytes]) -> bytes:

@@ -89,18 +89,20 @@ class Patch:
         """A patch from a row's tail, `[base, delta, mask, ...]`; Value- or TypeError if bad."""
         if len(row) < 3 or len(row) % 2 == 0:
             raise ValueError(f"a patch row of {len(row)} fields")
-        under = tuple((_blob(row[i]), _mask(row[i + 1])) for i in range(1, len(row) - 2, 2))
+        under: tuple[Layer, ...] = ()
+        if len(row) > 3:
+            under = tuple((_blob(row[i]), _mask(row[i + 1])) for i in range(1, len(row) - 2, 2))
         return cls(_blob(row[0]) or None, _blob(row[-2]), _mask(row[-1]), under)
 
 
 def _blob(value: object) -> bytes:
-    if not isinstance(value, bytes):
+    if type(value) is not bytes:
         raise TypeError(f"a {type(value).__name__} where an id belongs")
     return value
 
 
 def _mask(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
+    if type(value) is not int:  # not a bool either
         raise TypeError(f"a {type(value).__name__} where a block mask belongs")
     return value
 

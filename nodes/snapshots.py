@@ -143,8 +143,11 @@ class Snapshots:
     @staticmethod
     def _estimate(frozen: list[dict[str, Any]], parent: dict[str, Any] | None) -> int:
         """Bytes the transfer will read: changed chunks if incremental, else written ones."""
-        key = "changed" if parent is not None else "written"
-        return sum(int(f[key]) * int(f["chunk_size"]) for f in frozen)
+        return sum(
+            int(f["written" if _since_parent(f, parent) is None else "changed"])
+            * int(f["chunk_size"])
+            for f in frozen
+        )
 
     async def progress(self, vm: str) -> dict[str, Any]:
         """The in-flight snapshot of `vm`: its id, bytes to read and bytes read so far."""
@@ -202,7 +205,7 @@ class Snapshots:
         times.mark("request")
         crash_point("snapshot.requested", vm)
         try:
-            frozen = [await self._freeze(vm, snapshot, d) for d in disks]
+            frozen = [await self._freeze(vm, snapshot, d, parent) for d in disks]
             times.mark("freeze")
             crash_point("snapshot.frozen", vm)
             self._progress[vm] = {"total": self._estimate(frozen, parent), "done": 0}
@@ -229,8 +232,15 @@ class Snapshots:
         times.mark("read")
         return dict(found[0])
 
-    async def _freeze(self, vm: str, snapshot: str, disk: dict[str, Any]) -> dict[str, Any]:
-        args = {"vm": vm, "resource_id": disk["resource_id"], "view": snapshot}
+    async def _freeze(
+        self, vm: str, snapshot: str, disk: dict[str, Any], parent: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        args = {
+            "vm": vm,
+            "resource_id": disk["resource_id"],
+            "view": snapshot,
+            "parent": parent["id"] if parent else None,
+        }
         return await self.peers.call(disk["node"], "volume.freeze", args)
 
     async def _process(
@@ -250,10 +260,12 @@ class Snapshots:
             "size": frozen["size"],
             "chunk_size": frozen["chunk_size"],
         }
-        if parent is not None and frozen["base_view"] == parent["id"]:
+        since = _since_parent(frozen, parent)
+        if parent is not None and since is not None:
             for earlier in parent["disk_details"]:
                 if earlier["resource_id"] == disk["resource_id"]:
                     args["parent_manifest"] = bytes.fromhex(earlier["manifest"])
+                    args["since"] = since
         reply = await self.peers.call(
             self._transfer_node(vm), "transfer.snapshot", args, timeout=TRANSFER_TIMEOUT
         )
@@ -349,3 +361,20 @@ class Snapshots:
         if len(found) != 1:
             raise UnknownSnapshot(ref, " (ambiguous)" if found else "")
         return dict(found[0])
+
+
+def _since_parent(frozen: dict[str, Any], parent: dict[str, Any] | None) -> int | None:
+    """The generation after which a frozen disk changed since `parent`; None: read it whole.
+
+    Known when the parent's view was once the volume's base, even if it no longer is
+    (newer snapshots were deleted since): the chunks written after that generation are
+    all that changed.
+    """
+    if parent is None:
+        return None
+    generation = frozen.get("parent_generation")
+    if isinstance(generation, int) and not isinstance(generation, bool):
+        return generation
+    if frozen["base_view"] == parent["id"]:
+        return int(frozen["base_generation"])
+    return None

@@ -86,9 +86,9 @@ class Transfer:
     async def snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
         """Turn a frozen view into a target snapshot: chunks, then a manifest, on R nodes.
 
-        With a parent manifest only the chunks changed since the volume's base
-        are processed and merged into the parent's map; without, every written
-        chunk is (a full snapshot).
+        With a parent manifest only the chunks changed since the volume's base (or
+        generation ``since``, the parent's) are processed and merged into the parent's
+        map; without, every written chunk is (a full snapshot).
         """
         source = Source(
             text(args, "node"), text(args, "vm"), text(args, "resource_id"), text(args, "view")
@@ -100,7 +100,8 @@ class Transfer:
             parent = await self.manifests.load(self.cluster, self.codec, parent_id)
             if (parent.size, parent.chunk_size) != (size, chunk_size):
                 parent = None
-        stats = await self.pipeline.run(source, None if parent else 0, parent)
+        since = integer(args, "since") if "since" in args else None
+        stats = await self.pipeline.run(source, since if parent else 0, parent)
         snapshot = text(args, "snapshot")
         if parent is not None:
             manifest = parent.changed(snapshot, stats.chunk_map, stats.patches)

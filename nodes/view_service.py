@@ -20,7 +20,7 @@ from nodes.blockdev import STATE_HOLE
 from nodes.chunks import ChunkCodec, is_zero
 from nodes.request_args import integer, text
 from nodes.server import Handler
-from nodes.volume import ViewInfo, Volume
+from nodes.volume import Volume
 from nodes.volume_reads import VolumeReads
 
 MAX_CHUNKS_PER_CALL = 64
@@ -134,25 +134,38 @@ class ViewService(ViewReads):
         }
 
     async def freeze(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Freeze the volume as a view (the initial snapshot): metadata only."""
+        """Freeze the volume as a view (the initial snapshot): metadata only.
+
+        With ``parent`` (a snapshot id), ``parent_generation`` is the generation that
+        snapshot's view froze when it was made the base of this volume (None when it never
+        was), and ``changed`` counts the chunks written since; else since the base.
+        ``written``, every chunk ever written, is only counted when there is no such
+        generation: it is what a full snapshot reads.
+        """
         _name, volume = self._volume(args)
+        parent = text(args, "parent") if args.get("parent") is not None else None
 
-        def freeze() -> tuple[ViewInfo, int, int]:
+        def freeze() -> dict[str, Any]:
             info = volume.freeze(text(args, "view"))
-            changed = len(volume.changed_chunks(info.name))
-            return info, changed, len(volume.changed_chunks(info.name, since=0))
+            since = None if parent is None else volume.base_generation_of(parent)
+            found: dict[str, Any] = {
+                "view": info.name,
+                "generation": info.generation,
+                "base_generation": volume.base_generation,
+                "base_view": volume.base_view,
+                "parent_generation": since,
+                "changed": len(volume.changed_chunks(info.name, since)),
+            }
+            if since is None:
+                found["written"] = len(volume.changed_chunks(info.name, since=0))
+            return found
 
-        info, changed, written = await asyncio.to_thread(freeze)
+        frozen = await asyncio.to_thread(freeze)
         return {
-            "view": info.name,
-            "generation": info.generation,
+            **frozen,
             "chunks": volume.chunks,
             "chunk_size": volume.chunk_size,
             "size": volume.size,
-            "base_generation": volume.base_generation,
-            "base_view": volume.base_view,
-            "changed": changed,
-            "written": written,
         }
 
     async def release(self, args: dict[str, Any]) -> dict[str, Any]:

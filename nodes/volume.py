@@ -22,6 +22,8 @@ from nodes.volume_reads import VolumeReads
 __all__ = ["BLOCK", "DEFAULT_CHUNK", "ViewInfo", "Volume"]
 
 DEFAULT_CHUNK = 64 * 1024
+BASE_HISTORY = 256
+"""Views made the base that a volume remembers, newest first (`Volume.base_generation_of`)."""
 
 
 @dataclass(frozen=True)
@@ -237,8 +239,27 @@ class Volume(VolumeReads):
                 self._db.execute(
                     "UPDATE volume SET base_generation = ?, base_view = ?", (gen, name)
                 )
+                self._db.execute("INSERT OR REPLACE INTO bases VALUES (?, ?)", (name, gen))
+                self._db.execute(
+                    "DELETE FROM bases WHERE gen < "
+                    "(SELECT MIN(gen) FROM (SELECT gen FROM bases ORDER BY gen DESC LIMIT ?))",
+                    (BASE_HISTORY,),
+                )
             self._base = gen
             self.base_view = name
+
+    def base_generation_of(self, name: str) -> int | None:
+        """The generation view `name` froze, if it was made the base of this volume; else None.
+
+        The chunks written after it are those with a newer generation, whatever views were
+        made the base since: a snapshot whose view was the base can be the parent of an
+        incremental one even after newer snapshots were deleted.
+        """
+        if name == self.base_view:
+            return self._base
+        with self._lock:
+            row = self._db.execute("SELECT gen FROM bases WHERE view = ?", (name,)).fetchone()
+        return None if row is None else int(row[0])
 
     def changed_chunks(self, name: str, since: int | None = None) -> list[int]:
         """Chunks of view `name` written after generation `since` (default: the base)."""

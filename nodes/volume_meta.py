@@ -11,6 +11,7 @@ Tables::
     masks:      (gen, idx) -> blocks of the chunk written in that sealed generation
                 (nodes/volume_masks.py)
     mask_floor: the oldest generation whose masks are all recorded
+    bases:      view -> generation, for the last `BASE_HISTORY` views made the base
 
 The connection logs commits ahead (WAL) with ``synchronous=NORMAL`` and does not checkpoint
 as it commits (``wal_autocheckpoint=0``): the volume checkpoints on a connection of its own.
@@ -35,6 +36,7 @@ CREATE TABLE IF NOT EXISTS masks (
     idx INTEGER NOT NULL, gen INTEGER NOT NULL, mask BLOB NOT NULL,
     PRIMARY KEY (gen, idx)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS mask_floor (id INTEGER PRIMARY KEY CHECK (id = 1), gen INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS bases (view TEXT PRIMARY KEY, gen INTEGER NOT NULL);
 """
 
 

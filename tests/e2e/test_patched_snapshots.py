@@ -33,8 +33,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
         yield deployment
 
 
-def _export(net: Deployment, target: Path, snapshot: str | None = None) -> bytes:
-    args = ["disk", "export", "pt-01", "root", str(target), "--force"]
+def _export(net: Deployment, target: Path, snapshot: str | None = None, vm: str = "pt-01") -> bytes:
+    args = ["disk", "export", vm, "root", str(target), "--force"]
     net.ok(*([*args, "--snapshot", snapshot] if snapshot else args))
     return target.read_bytes()
 
@@ -169,3 +169,37 @@ def test_verify_fails_loudly_when_every_copy_of_a_lower_layer_is_altered(net: De
     result = net.run("snapshot", "verify", snap["id"])
     assert result.exit_code == 6
     assert "failed verification" in result.output
+
+
+def test_after_the_newest_snapshot_is_deleted_the_next_reads_only_what_changed_since_its_parent(
+    net: Deployment, tmp_path: Path
+) -> None:
+    """Deleting the newest snapshot leaves the volume's base on a deleted view: the next
+    snapshot is still incremental on the one before, and reads the chunks written since it
+    (whole: the masks of the deleted snapshot's generation are gone), not the whole disk."""
+    rng = random.Random(13)
+    image = bytearray(SIZE)
+    image[: 4 * MiB] = rng.randbytes(4 * MiB)
+    source = tmp_path / "image.raw"
+    source.write_bytes(bytes(image))
+    net.ok("vm", "register", "pt-02", "--ip", "10.0.0.72", "--disk", f"system:root:{SIZE // MiB}M")
+    net.ok("disk", "import", "pt-02", "root", str(source))
+    url = str(net.ok("disk", "url", "pt-02", "root").stdout.strip())
+    full = net.json("snapshot", "create", "pt-02")
+
+    _write(url, image, rng, (1 * CHUNK, BLOCK), (2 * CHUNK + 3 * BLOCK, BLOCK))
+    dropped = net.json("snapshot", "create", "pt-02")
+    _write(url, image, rng, (3 * CHUNK + 5 * BLOCK, BLOCK))
+    net.json("snapshot", "delete", dropped["id"])
+
+    after = net.json("snapshot", "create", "pt-02")
+    (disk,) = after["disk_details"]
+    assert after["parent"] == full["id"]
+    assert disk["incremental"] is True
+    assert (disk["changed_chunks"], disk["bytes_read"]) == (3, 3 * CHUNK)
+    assert _export(net, tmp_path / "after.raw", after["id"], "pt-02") == bytes(image)
+    assert net.json("snapshot", "verify", after["id"])["ok"] is True
+
+    _write(url, image, rng, (4 * CHUNK, BLOCK))
+    (disk,) = net.json("snapshot", "create", "pt-02")["disk_details"]
+    assert (disk["changed_chunks"], disk["bytes_read"]) == (1, BLOCK), "the new base: patches"

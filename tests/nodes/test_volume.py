@@ -521,6 +521,45 @@ def test_the_base_survives_reopen(folder: Path) -> None:
         assert list(volume.changed_chunks("v2")) == [2]
 
 
+def test_a_former_base_still_counts_the_chunks_written_since_it(folder: Path) -> None:
+    """A snapshot whose newer children were deleted is the next one's parent: its view,
+    once the base, still tells which chunks changed since, across a reopen."""
+    with created(folder, MiB, 64 * KiB) as volume:
+        write_chunks(volume, [1])
+        v1 = volume.freeze("v1")
+        volume.commit_base("v1")
+        volume.release("v1")
+        write_chunks(volume, [2])
+        v2 = volume.freeze("v2")
+        volume.commit_base("v2")
+        volume.release("v2")
+        write_chunks(volume, [3])
+        assert volume.base_generation_of("v2") == v2.generation
+        assert volume.base_generation_of("v1") == v1.generation
+
+    with opened(folder) as volume:
+        volume.freeze("v3")
+        assert volume.base_generation_of("v1") == v1.generation
+        assert list(volume.changed_chunks("v3", volume.base_generation_of("v1"))) == [2, 3]
+        assert list(volume.changed_chunks("v3")) == [3]
+        # The masks of v2's generation went when v2 became the base: whole chunks, not none.
+        assert volume.changed_blocks("v3", v1.generation) == [(2, FULL), (3, FULL)]
+        assert volume.base_generation_of("v3") is None, "frozen, never the base"
+        assert volume.base_generation_of("nope") is None
+
+
+def test_a_volume_remembers_its_last_bases_only(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("nodes.volume.BASE_HISTORY", 3)
+    for n in range(1, 6):
+        write_chunks(volume, [n])
+        volume.commit_base(volume.freeze(f"v{n}").name)
+        volume.release(f"v{n}")
+
+    assert [volume.base_generation_of(f"v{n}") for n in range(1, 6)] == [None, None, 3, 4, 5]
+
+
 # -- block masks -----------------------------------------------------------------------
 
 FULL = (1 << 16) - 1

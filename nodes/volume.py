@@ -235,7 +235,9 @@ class Volume(VolumeReads):
             if gen is None:
                 raise VolumeError(f"no view {name!r} on this volume")
             with self._db:
-                self._masks.drop_through(gen)
+                # The masks since the base before this one stay: should this snapshot be
+                # deleted, the next one still reads only the blocks written since its parent.
+                self._masks.drop_through(self._base)
                 self._db.execute(
                     "UPDATE volume SET base_generation = ?, base_view = ?", (gen, name)
                 )

@@ -523,29 +523,35 @@ def test_the_base_survives_reopen(folder: Path) -> None:
 
 def test_a_former_base_still_counts_the_chunks_written_since_it(folder: Path) -> None:
     """A snapshot whose newer children were deleted is the next one's parent: its view,
-    once the base, still tells which chunks changed since, across a reopen."""
+    once the base, still tells which chunks changed since, across a reopen; the blocks
+    too while it is the base before the last."""
     with created(folder, MiB, 64 * KiB) as volume:
         write_chunks(volume, [1])
         v1 = volume.freeze("v1")
         volume.commit_base("v1")
         volume.release("v1")
-        write_chunks(volume, [2])
+        volume.write_live(2 * 64 * KiB + 3 * BLOCK, b"b" * BLOCK)
         v2 = volume.freeze("v2")
         volume.commit_base("v2")
         volume.release("v2")
-        write_chunks(volume, [3])
+        volume.write_live(3 * 64 * KiB + 5 * BLOCK, b"c" * BLOCK)
+        volume.freeze("v3")
         assert volume.base_generation_of("v2") == v2.generation
         assert volume.base_generation_of("v1") == v1.generation
 
     with opened(folder) as volume:
-        volume.freeze("v3")
         assert volume.base_generation_of("v1") == v1.generation
         assert list(volume.changed_chunks("v3", volume.base_generation_of("v1"))) == [2, 3]
         assert list(volume.changed_chunks("v3")) == [3]
-        # The masks of v2's generation went when v2 became the base: whole chunks, not none.
-        assert volume.changed_blocks("v3", v1.generation) == [(2, FULL), (3, FULL)]
+        assert volume.changed_blocks("v3", v1.generation) == [(2, 1 << 3), (3, 1 << 5)]
         assert volume.base_generation_of("v3") is None, "frozen, never the base"
         assert volume.base_generation_of("nope") is None
+
+        volume.commit_base("v3")
+        volume.freeze("v4")
+        # v1 is two bases back: its generation's successors lost their masks, whole chunks.
+        assert volume.changed_blocks("v4", v1.generation) == [(2, FULL), (3, FULL)]
+        assert volume.changed_blocks("v4", v2.generation) == [(3, 1 << 5)]
 
 
 def test_a_volume_remembers_its_last_bases_only(
@@ -708,7 +714,7 @@ def test_masks_lost_by_a_crash_read_as_whole_chunks(folder: Path) -> None:
             assert reopened.changed_blocks("v2", since=1) == [(1, FULL)]
 
 
-def test_committing_a_base_drops_older_masks_and_earlier_sinces_get_whole_chunks(
+def test_committing_a_base_drops_the_masks_up_to_the_previous_base_and_older_sinces_get_whole(
     folder: Path,
 ) -> None:
     with created(folder, MiB, 64 * KiB) as volume:
@@ -716,15 +722,18 @@ def test_committing_a_base_drops_older_masks_and_earlier_sinces_get_whole_chunks
             volume.write_live(at(0, gen * BLOCK), b"x")
             volume.freeze(f"v{gen}")
 
+        volume.commit_base("v1")
+        assert volume.changed_blocks("v3", since=0) == [(0, bits(1, 2, 3))]
         volume.commit_base("v2")
 
         assert volume.changed_blocks("v3") == [(0, bits(3))]
+        assert volume.changed_blocks("v3", since=1) == [(0, bits(2, 3))]
         assert volume.changed_blocks("v3", since=0) == [(0, FULL)]
-        assert volume.changed_blocks("v3", since=1) == [(0, FULL)]
     with closing(sqlite3.connect(folder / "meta.sqlite")) as db:
-        assert db.execute("SELECT min(gen) FROM masks").fetchone() == (3,)
+        assert db.execute("SELECT min(gen) FROM masks").fetchone() == (2,)
     with opened(folder) as volume:
-        assert volume.changed_blocks("v3", since=1) == [(0, FULL)]
+        assert volume.changed_blocks("v3", since=0) == [(0, FULL)]
+        assert volume.changed_blocks("v3", since=1) == [(0, bits(2, 3))]
         assert volume.changed_blocks("v3", since=2) == [(0, bits(3))]
 
 
@@ -771,7 +780,7 @@ def written_blocks(offset: int, length: int) -> set[tuple[int, int]]:
 def test_masks_are_the_blocks_written_or_whole_chunks_where_they_were_lost(
     operations: list[tuple[object, ...]],
 ) -> None:
-    gen, floor, views = 1, 1, []
+    gen, floor, base, views = 1, 1, 0, []
     written: set[tuple[int, int, int]] = set()  # (generation, chunk, block)
     whole: set[tuple[int, int]] = set()  # (generation, chunk) whose masks a reopen lost
     with tempfile.TemporaryDirectory() as root:
@@ -796,7 +805,7 @@ def test_masks_are_the_blocks_written_or_whole_chunks_where_they_were_lost(
                     whole |= {(g, c) for g, c, _ in written if g == gen}
                 elif views:
                     volume.commit_base(f"v{views[-1]}")
-                    floor = max(floor, views[-1] + 1)
+                    floor, base = max(floor, base + 1), views[-1]
             for view in views:
                 for since in range(view):
                     touched = {(g, c, b) for g, c, b in written if since < g <= view}

@@ -8,11 +8,16 @@ seconds, bytes read from the disk and stored bytes (one copy; the cluster keeps 
 as the reference, `restic backup` of the same image after the same rewrites: seconds and
 repository growth. A chunk rewritten in several rounds is where the two differ most, so
 the last rounds matter as much as the first.
+
+Then one more round after the newest snapshot is deleted from both (`snapshot delete`,
+`restic forget`): the next snapshot's parent is the one before, and it should still read
+only what changed since that one.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -43,6 +48,16 @@ class Restic:
         if done.returncode != 0:
             raise SystemExit(f"restic {args[0]} failed: {done.stderr.strip()}")
         return time.perf_counter() - started
+
+    def forget_latest(self) -> None:
+        """Forget the newest snapshot (its data stays until a prune)."""
+        command = ["restic", "--cache-dir", str(self.cache), "--repo", str(self.repo)]
+        listed = subprocess.run(
+            [*command, "snapshots", "--json"], env=self.env, capture_output=True, text=True
+        )
+        if listed.returncode != 0:
+            raise SystemExit(f"restic snapshots failed: {listed.stderr.strip()}")
+        self.run("forget", json.loads(listed.stdout)[-1]["id"])
 
     def backup(self, image: Path) -> tuple[float, int]:
         """Seconds of one backup, and the repository's growth in bytes."""
@@ -81,7 +96,11 @@ def run(work: Path, size: int, rounds: int, fraction: float) -> list[dict[str, A
         restic = Restic(work)
         restic.backup(image)
         rows = []
-        for number in range(1, rounds + 1):
+        newest = ""
+        for number in range(1, rounds + 2):
+            if number > rounds:
+                vmsnap(folder, "snapshot", "delete", newest, "--no-gc")
+                restic.forget_latest()
             rewrite(image, url, rewrites(size, fraction, seed=100 + number))
             time.sleep(0.5)
             started = time.perf_counter()
@@ -89,9 +108,10 @@ def run(work: Path, size: int, rounds: int, fraction: float) -> list[dict[str, A
             seconds = time.perf_counter() - started
             restic_s, restic_growth = restic.backup(image)
             (detail,) = snap["disk_details"]
+            newest = snap["id"]
             rows.append(
                 {
-                    "round": number,
+                    "round": str(number) if number <= rounds else "del",
                     "s": seconds,
                     "read": int(detail["bytes_read"]),
                     "stored": stored(snap),
@@ -107,7 +127,7 @@ def run(work: Path, size: int, rounds: int, fraction: float) -> list[dict[str, A
 
 def _line(row: dict[str, Any]) -> str:
     return (
-        f"{row['round']:5d} {row['s']:9.2f} {row['read'] / MiB:9.1f} {row['stored'] / MiB:10.1f}"
+        f"{row['round']:>5} {row['s']:9.2f} {row['read'] / MiB:9.1f} {row['stored'] / MiB:10.1f}"
         f" {row['restic_s']:9.2f} {row['restic_growth'] / MiB:10.1f}"
         f" {row['s'] / row['restic_s']:7.3f} {row['stored'] / row['restic_growth']:7.3f}"
     )
@@ -134,16 +154,22 @@ def main() -> None:
         rows = run(work, args.size_mib * MiB, args.rounds, args.fraction)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    first, last = rows[0], rows[-1]
+    *series, deleted = rows
+    first, last = series[0], series[-1]
     print(
         f"stored, last round / first: {last['stored'] / first['stored']:.2f}x;"
         f" read, last / first: {last['read'] / first['read']:.2f}x"
     )
     print(
         "median time ratio to restic:"
-        f" {statistics.median(r['s'] / r['restic_s'] for r in rows):.3f};"
+        f" {statistics.median(r['s'] / r['restic_s'] for r in series):.3f};"
         " median stored ratio:"
-        f" {statistics.median(r['stored'] / r['restic_growth'] for r in rows):.3f}"
+        f" {statistics.median(r['stored'] / r['restic_growth'] for r in series):.3f}"
+    )
+    print(
+        f"after deleting the newest: {deleted['read'] / MiB:.1f} MiB read"
+        f" ({deleted['read'] / last['read']:.2f}x the last round's),"
+        f" {deleted['s'] / deleted['restic_s']:.3f}x restic's time"
     )
 
 

@@ -71,6 +71,7 @@ KEYS = [
     "manifest", "parent_manifest", "snapshot", "mirror", "disks", "type", "ip", "blocks",
     "records", "schedule", "cron", "tz", "anchor", "keep_last", "keep_within", "protected",
     "fast", "auto", "gc", "dry_run", "contract", "deploy_block", "export", "position", "masks",
+    "parent",
 ]  # fmt: skip
 NUMBERS = st.one_of(
     st.integers(-(2**64), 2**64 - 1),

@@ -12,12 +12,16 @@ On a generated disk (1 MiB extents: 40% zero, 30% text-like, 30% random), on
   other: a business host of its own, as in a deployment, on a two-CPU machine;
 - 1% of the 4 KiB blocks rewritten at random, then an incremental snapshot:
   seconds and stored growth;
+- one more incremental snapshot at once, nothing written since: the seconds every
+  snapshot costs whatever it reads (the CLI, the ledger transactions, the freeze, the
+  manifest);
 - `snapshot verify` of the full snapshot (every chunk fetched and checked): seconds;
 - normal rollback to the full snapshot: seconds;
 - each node's CPU-seconds and minor page faults during each snapshot;
 - the reference on the same image and the same rewrite: `restic backup`,
   `restic check --read-data` (the repository holds the full backup only), `restic
-  backup` again, `restic restore` (seconds; repository growth).
+  backup` again, once more with nothing changed, `restic restore` (seconds; repository
+  growth).
 
 vmsnap encrypts at rest, as restic does; `--no-encryption` measures it without.
 """
@@ -212,6 +216,9 @@ def run_vmsnap(
         incr_s = time.perf_counter() - started
         incr_usage = usage_since(folder, before)
         started = time.perf_counter()
+        vmsnap(folder, "snapshot", "create", "bench")
+        unchanged_s = time.perf_counter() - started
+        started = time.perf_counter()
         verified = vmsnap(folder, "snapshot", "verify", full["id"])
         verify_s = time.perf_counter() - started
         if not verified["ok"]:
@@ -231,6 +238,7 @@ def run_vmsnap(
         "full_stored": stored(full),
         "incr_s": incr_s,
         "incr_stored": stored(incremental),
+        "unchanged_s": unchanged_s,
         "rollback_s": rollback_s,
         "verify_s": verify_s,
         "p99_idle_us": p99(idle),
@@ -315,12 +323,14 @@ def run_restic(work: Path, image: Path, changes: list[tuple[int, bytes]]) -> dic
             out.write(data)
     incr_s = restic("backup", str(image))
     incr_stored = du(repo) - full_stored
+    unchanged_s = restic("backup", str(image))
     restore_s = restic("restore", "latest", "--target", str(work / "restored"))
     return {
         "full_s": full_s,
         "full_stored": full_stored,
         "incr_s": incr_s,
         "incr_stored": incr_stored,
+        "unchanged_s": unchanged_s,
         "restore_s": restore_s,
         "check_s": check_s,
     }
@@ -361,6 +371,7 @@ def main() -> None:
             ref["incr_stored"] / MiB,
             "<= 0.25",
         ),
+        ("incremental, nothing written since (s)", ours["unchanged_s"], ref["unchanged_s"], ""),
         ("normal rollback / restic restore (s)", ours["rollback_s"], ref["restore_s"], ""),
         ("verify full / restic check --read-data (s)", ours["verify_s"], ref["check_s"], ""),
     ]

@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 ANVIL  := .tools/node_modules/.bin/anvil
 ANVIL_VERSION := 1.7.1
 
-.PHONY: setup tools demo test lint format bench clean
+.PHONY: setup bytecode tools demo test lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --editable ".[dev]"
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) bytecode
+
+# Byte-compiled modules, as pip leaves an installed package: where PYTHONDONTWRITEBYTECODE
+# is set, every CLI call and node start would otherwise compile its modules again.
+bytecode: $(STAMP)
+	$(BIN)/python -m compileall -q -j 0 cli nodes ledger
 
 # anvil, a real JSON-RPC Ethereum node the chain-backend tests run against
 tools:
@@ -22,7 +27,7 @@ tools:
 		npm install --silent --no-audit --no-fund --prefix .tools @foundry-rs/anvil@$(ANVIL_VERSION); \
 	else echo "npm not found: tests that need anvil will be skipped"; fi
 
-demo: $(STAMP)
+demo: $(STAMP) bytecode
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
 lint: $(STAMP)
@@ -34,10 +39,10 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint tools
+test: lint tools bytecode
 	$(BIN)/pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) bytecode
 	$(BIN)/python bench/ledger_bench.py
 	$(BIN)/python bench/nbd_bench.py
 	$(BIN)/python bench/chunk_store_bench.py

@@ -39,6 +39,21 @@ def _export(net: Deployment, target: Path, snapshot: str | None = None, vm: str 
     return target.read_bytes()
 
 
+def _new_vm(
+    net: Deployment, vm: str, ip: str, rng: random.Random, tmp_path: Path
+) -> tuple[bytearray, str, dict[str, Any]]:
+    """A VM whose disk holds 4 MiB of random bytes, then holes: its image, NBD URL and full
+    snapshot."""
+    image = bytearray(SIZE)
+    image[: 4 * MiB] = rng.randbytes(4 * MiB)
+    source = tmp_path / "image.raw"
+    source.write_bytes(bytes(image))
+    net.ok("vm", "register", vm, "--ip", ip, "--disk", f"system:root:{SIZE // MiB}M")
+    net.ok("disk", "import", vm, "root", str(source))
+    url = str(net.ok("disk", "url", vm, "root").stdout.strip())
+    return image, url, net.json("snapshot", "create", vm)
+
+
 def _write(url: str, image: bytearray, rng: random.Random, *spans: tuple[int, int]) -> None:
     """Write a random pattern through NBD at each (offset, length), and into `image` alike."""
     commands = []
@@ -75,14 +90,7 @@ def test_a_few_written_blocks_are_read_and_stored_as_patches_and_read_back_whole
     net: Deployment, tmp_path: Path
 ) -> None:
     rng = random.Random(7)
-    image = bytearray(SIZE)
-    image[: 4 * MiB] = rng.randbytes(4 * MiB)
-    source = tmp_path / "image.raw"
-    source.write_bytes(bytes(image))
-    net.ok("vm", "register", "pt-01", "--ip", "10.0.0.71", "--disk", f"system:root:{SIZE // MiB}M")
-    net.ok("disk", "import", "pt-01", "root", str(source))
-    url = str(net.ok("disk", "url", "pt-01", "root").stdout.strip())
-    full = net.json("snapshot", "create", "pt-01")
+    image, url, full = _new_vm(net, "pt-01", "10.0.0.71", rng, tmp_path)
 
     _write(
         url,
@@ -178,14 +186,7 @@ def test_after_the_newest_snapshot_is_deleted_the_next_reads_only_what_changed_s
     snapshot is still incremental on the one before, and reads the blocks written since
     it, not the whole disk."""
     rng = random.Random(13)
-    image = bytearray(SIZE)
-    image[: 4 * MiB] = rng.randbytes(4 * MiB)
-    source = tmp_path / "image.raw"
-    source.write_bytes(bytes(image))
-    net.ok("vm", "register", "pt-02", "--ip", "10.0.0.72", "--disk", f"system:root:{SIZE // MiB}M")
-    net.ok("disk", "import", "pt-02", "root", str(source))
-    url = str(net.ok("disk", "url", "pt-02", "root").stdout.strip())
-    full = net.json("snapshot", "create", "pt-02")
+    image, url, full = _new_vm(net, "pt-02", "10.0.0.72", rng, tmp_path)
 
     _write(url, image, rng, (1 * CHUNK, BLOCK), (2 * CHUNK + 3 * BLOCK, BLOCK))
     dropped = net.json("snapshot", "create", "pt-02")

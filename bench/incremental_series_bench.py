@@ -42,22 +42,22 @@ class Restic:
         self.run("init")
 
     def run(self, *args: str) -> float:
+        """Seconds one restic command took."""
         started = time.perf_counter()
+        self.output(*args)
+        return time.perf_counter() - started
+
+    def output(self, *args: str) -> str:
+        """What one restic command printed; a failure ends the benchmark with its error."""
         command = ["restic", "--cache-dir", str(self.cache), "--repo", str(self.repo), *args]
         done = subprocess.run(command, env=self.env, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise SystemExit(f"restic {args[0]} failed: {done.stderr.strip()}")
-        return time.perf_counter() - started
+        return done.stdout
 
     def forget_latest(self) -> None:
         """Forget the newest snapshot (its data stays until a prune)."""
-        command = ["restic", "--cache-dir", str(self.cache), "--repo", str(self.repo)]
-        listed = subprocess.run(
-            [*command, "snapshots", "--json"], env=self.env, capture_output=True, text=True
-        )
-        if listed.returncode != 0:
-            raise SystemExit(f"restic snapshots failed: {listed.stderr.strip()}")
-        self.run("forget", json.loads(listed.stdout)[-1]["id"])
+        self.run("forget", json.loads(self.output("snapshots", "--json"))[-1]["id"])
 
     def backup(self, image: Path) -> tuple[float, int]:
         """Seconds of one backup, and the repository's growth in bytes."""

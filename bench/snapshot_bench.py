@@ -17,7 +17,10 @@ On a generated disk (1 MiB extents: 40% zero, 30% text-like, 30% random), on
   manifest);
 - `snapshot verify` of the full snapshot (every chunk fetched and checked): seconds;
 - normal rollback to the full snapshot: seconds;
-- each node's CPU-seconds and minor page faults during each snapshot;
+- each node's CPU-seconds and minor page faults during each snapshot, their sum against
+  restic's CPU-seconds, and the machine's share of CPU time busy and stolen by the host
+  (`/proc/stat`) during each full backup: on a shared virtual machine, steal slows
+  both tools and lengthens every latency tail;
 - the reference on the same image and the same rewrite: `restic backup`,
   `restic check --read-data` (the repository holds the full backup only), `restic
   backup` again, once more with nothing changed, `restic restore` (seconds; repository
@@ -33,6 +36,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -167,6 +171,29 @@ def view_servers() -> dict[int, int]:
     return found
 
 
+def machine_ticks() -> list[int]:
+    """The machine's CPU time so far, in ticks (the first line of `/proc/stat`).
+
+    user, nice, system, idle, iowait, irq, softirq, steal.
+    """
+    with Path("/proc/stat").open() as stat:
+        return [int(v) for v in stat.readline().split()[1:9]]
+
+
+def machine_share(before: list[int]) -> dict[str, float]:
+    """Fractions of the CPU time since `before` that were busy and stolen by the host."""
+    spent = [now - then for now, then in zip(machine_ticks(), before, strict=True)]
+    total = sum(spent) or 1
+    idle = spent[3] + spent[4]
+    return {"busy": (total - idle - spent[7]) / total, "steal": spent[7] / total}
+
+
+def children_cpu() -> float:
+    """CPU-seconds of this process's waited-for children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def usage_since(folder: Path, before: dict[str, tuple[float, int]]) -> dict[str, Any]:
     now = node_usage(folder)
     return {n: (now[n][0] - before[n][0], now[n][1] - before[n][1]) for n in before}
@@ -200,12 +227,13 @@ def run_vmsnap(
         )
         port, export = nbd_port(url), "probe/root"
         idle = latencies(port, export, 256 * MiB, 2000, None)
-        before = node_usage(folder)
+        before, ticks = node_usage(folder), machine_ticks()
         with probing(port, export) as during:
             started = time.perf_counter()
             full = vmsnap(folder, "snapshot", "create", "bench")
             full_s = time.perf_counter() - started
             full_usage = usage_since(folder, before)
+            full_machine = machine_share(ticks)
         client = TinyClient(port, export="bench/root")
         for handle, (offset, data) in enumerate(changes):
             client.write(offset, data, handle)
@@ -246,6 +274,7 @@ def run_vmsnap(
         "probes_during": len(during),
         "apart": apart,
         "full_usage": full_usage,
+        "full_machine": full_machine,
         "incr_usage": incr_usage,
     }
 
@@ -302,7 +331,7 @@ def du(path: Path) -> int:
     return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
 
 
-def run_restic(work: Path, image: Path, changes: list[tuple[int, bytes]]) -> dict[str, float]:
+def run_restic(work: Path, image: Path, changes: list[tuple[int, bytes]]) -> dict[str, Any]:
     repo, env = work / "restic", {**os.environ, "RESTIC_PASSWORD": "bench"}
     cache = ["--cache-dir", str(work / "restic-cache")]
 
@@ -314,7 +343,9 @@ def run_restic(work: Path, image: Path, changes: list[tuple[int, bytes]]) -> dic
         return time.perf_counter() - started
 
     restic("init")
+    cpu, ticks = children_cpu(), machine_ticks()
     full_s = restic("backup", str(image))
+    full_cpu, full_machine = children_cpu() - cpu, machine_share(ticks)
     full_stored = du(repo)
     check_s = restic("check", "--read-data")
     with image.open("r+b") as out:
@@ -328,6 +359,8 @@ def run_restic(work: Path, image: Path, changes: list[tuple[int, bytes]]) -> dic
     return {
         "full_s": full_s,
         "full_stored": full_stored,
+        "full_cpu": full_cpu,
+        "full_machine": full_machine,
         "incr_s": incr_s,
         "incr_stored": incr_stored,
         "unchanged_s": unchanged_s,
@@ -403,6 +436,11 @@ def main() -> None:
     for node, (full_cpu, full_faults) in ours["full_usage"].items():
         incr_cpu, incr_faults = ours["incr_usage"][node]
         print(f"{node:14} {full_cpu:11.2f} {full_faults:9d} {incr_cpu:11.2f} {incr_faults:9d}")
+    total = sum(cpu for cpu, _faults in ours["full_usage"].values())
+    print(f"{'all nodes':14} {total:11.2f}    restic backup: {ref['full_cpu']:.2f} CPU-s")
+    print("machine during the full backup: CPU time busy / stolen by the host")
+    for tool, share in (("vmsnap", ours["full_machine"]), ("restic", ref["full_machine"])):
+        print(f"{tool:14} {share['busy']:6.0%} / {share['steal']:.0%}")
 
 
 if __name__ == "__main__":

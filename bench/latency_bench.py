@@ -6,7 +6,8 @@ write every 2 ms goes to the probe disk, idle and then while a full snapshot of 
 disk runs. The reference, in the same run: qemu-nbd serving a raw file, probed the same
 way at the same moments (idle, and during the snapshot alongside the vmsnap probe), which
 shows what the machine's load alone costs a plain NBD server. Prints p50/p99 per run and
-the medians over the runs.
+the medians over the runs, with the share of CPU time the host stole from this virtual
+machine while the snapshot ran (`/proc/stat`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from snapshot_bench import latencies, make_image, nbd_port, vmsnap
+from snapshot_bench import latencies, machine_share, machine_ticks, make_image, nbd_port, vmsnap
 
 MiB = 1 << 20
 PROBE_SIZE = 256 * MiB
@@ -99,9 +100,10 @@ def one_run(work: Path, image: Path, size: int) -> dict[str, list[float]]:
             probe_during(port, "probe/root", stop, found["vmsnap during"]),
             probe_during(ref_port, "ref", stop, found["qemu-nbd during"]),
         ]
-        started = time.perf_counter()
+        started, ticks = time.perf_counter(), machine_ticks()
         vmsnap(folder, "snapshot", "create", "bench")
         found["snapshot s"] = [time.perf_counter() - started]
+        found["steal"] = [machine_share(ticks)["steal"]]
         stop.set()
         for probe in probes:
             probe.join()
@@ -128,10 +130,13 @@ def main() -> None:
         make_image(image, size)
         print(f"disk {args.size_mib} MiB; probe: one random 4 KiB write every 2 ms (us)")
         header = "p50/p99 idle   p50/p99 during   ratio(p99)"
-        print(f"{'run':4} {'server':9} {header}  snapshot s")
+        print(f"{'run':4} {'server':9} {header}  snapshot s  steal")
         for run in range(args.runs):
             found = one_run(work, image, size)
-            row: dict[str, float] = {"snapshot s": found["snapshot s"][0]}
+            row: dict[str, float] = {
+                "snapshot s": found["snapshot s"][0],
+                "steal": found["steal"][0],
+            }
             for server in ("vmsnap", "qemu-nbd"):
                 idle, during = found[f"{server} idle"], found[f"{server} during"]
                 row |= {
@@ -160,7 +165,7 @@ def _line(run: str, server: str, row: dict[str, float]) -> str:
     return (
         f"{run:4} {server:9} {row[f'{server} p50 idle']:5.0f}/{row[f'{server} p99 idle']:<6.0f} "
         f"{row[f'{server} p50 during']:7.0f}/{row[f'{server} p99 during']:<8.0f} "
-        f"{row[f'{server} ratio']:6.2f}      {row['snapshot s']:6.2f}"
+        f"{row[f'{server} ratio']:6.2f}      {row['snapshot s']:6.2f}  {row['steal']:5.1%}"
     )
 
 

@@ -47,6 +47,7 @@ bench: $(STAMP) bytecode
 	$(BIN)/python bench/nbd_bench.py
 	$(BIN)/python bench/chunk_store_bench.py
 	$(BIN)/python bench/pipeline_bench.py
+	$(BIN)/python bench/manifest_bench.py
 	$(BIN)/python bench/chunk_size_bench.py
 	$(BIN)/python bench/storage_bench.py
 	$(BIN)/python bench/scheduler_bench.py

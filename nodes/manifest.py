@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 import cbor2
 
-from ledger.merkle import merkle_root
+from ledger.merkle import MerkleTree, merkle_root
 from nodes.block_masks import full_mask
 from nodes.errors import ManifestCorrupted
 from nodes.patches import MAX_LAYERS, Layer, Patch, stored_ids
@@ -18,6 +18,9 @@ FORMAT = 1
 PATCHED_FORMAT = 2
 LAYERED_FORMAT = 3
 ID_SIZE = 32
+DERIVE_SHARE = 8
+"""A child's tree comes from its parent's when at most 1/8 of the entries changed; past
+that, rehashing the changed paths costs about as much as the whole tree."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,12 @@ class Manifest:
     ``|| delta id || mask`` (the mask little-endian, one bit per block, in whole
     bytes): changing any field, any id, any patch, or adding or dropping an entry
     changes the root.
+
+    A manifest keeps its tree once its root is asked for. A child made by `changed` that
+    keeps its parent's entry indexes (chunks rewritten, none made a hole or first
+    written), with at most 1/8 of them changed, computes its tree from the parent's kept
+    one, rehashing only the paths of the changed leaves and the header: the root of an
+    incremental snapshot costs what changed, not what the disk holds.
     """
 
     snapshot: str
@@ -77,15 +86,35 @@ class Manifest:
 
     def root(self) -> bytes:
         """The Merkle root over the header and every entry."""
+        return self.tree.root()
+
+    @cached_property
+    def tree(self) -> MerkleTree:
+        """The Merkle tree of the root: from the parent's tree when `changed` allows it."""
+        derived = self.__dict__.pop("_derived", None)
+        if derived is not None:
+            parent_tree, positions, changes = derived
+            changed = {0: self.header()}
+            chunk_map = self.chunk_map
+            for index in changes:
+                changed[positions[index] + 1] = self._leaf(index, chunk_map[index])
+            return cast(MerkleTree, parent_tree.with_leaves(changed))
         leaves = [self.header()]
-        patches = self.patches
-        for index, chunk_id in self.entries:
-            leaf = index.to_bytes(8, "big") + chunk_id
-            patch = patches.get(index)
-            if patch is not None:
-                leaf += patch.leaf(self.chunk_length(index))
-            leaves.append(leaf)
-        return merkle_root(leaves)
+        leaves += [self._leaf(index, chunk_id) for index, chunk_id in self.entries]
+        return MerkleTree.of(leaves)
+
+    def _leaf(self, index: int, chunk_id: bytes) -> bytes:
+        """The leaf of one entry: index, chunk id and, when patched, the patch's fields."""
+        leaf = index.to_bytes(8, "big") + chunk_id
+        patch = self.patches.get(index)
+        if patch is not None:
+            leaf += patch.leaf(self.chunk_length(index))
+        return leaf
+
+    @cached_property
+    def positions(self) -> dict[int, int]:
+        """Entry index -> its position among the entries."""
+        return {index: position for position, (index, _chunk_id) in enumerate(self.entries)}
 
     def chunk_length(self, index: int) -> int:
         """Bytes of chunk `index` (the last one may be short)."""
@@ -166,13 +195,22 @@ class Manifest:
         for index, patch in (patches or {}).items():
             if changes.get(index) is not None:
                 patched[index] = patch
-        return replace(
+        child = replace(
             self,
             snapshot=snapshot,
             parent=self.snapshot,
             entries=tuple(sorted(merged.items())),
             patches=patched,
         )
+        held = self.__dict__.get("tree")
+        few = len(changes) * DERIVE_SHARE <= len(self.entries)
+        if held is not None and few and len(child.entries) == len(self.entries):
+            # The same number of entries, each changed index already one: same positions.
+            positions = self.positions
+            if all(index in positions for index in changes):
+                child.__dict__["positions"] = positions
+                child.__dict__["_derived"] = (held, positions, list(changes))
+        return child
 
     def chunk_ids(self) -> set[bytes]:
         """Every stored chunk the manifest references (a patched entry's base and delta)."""

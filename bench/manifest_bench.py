@@ -1,11 +1,13 @@
-"""Manifest root benchmark: an incremental snapshot's root from its parent's tree.
+"""Manifest benchmark: an incremental snapshot's manifest root and encoding from its parent's.
 
 In one process, for manifests of 21,671 entries (the 2 GiB disk of `snapshot_bench.py`)
-and of 1,000,000 entries (a 64 GiB disk written whole at 64 KiB chunks): the seconds of a
-child manifest's Merkle root when a share of its entries was rewritten, computed from
-its parent's kept tree (`Manifest.changed`, as the transfer node does for an incremental
-snapshot), against the reference of the same root computed from every leaf (as
-`snapshot verify` and a parent that is not cached do). Medians of `--rounds` rounds.
+and of 1,000,000 entries (a 64 GiB disk written whole at 64 KiB chunks), when a share of
+a child manifest's entries was rewritten (`Manifest.changed`, as the transfer node does
+for an incremental snapshot): the seconds of its Merkle root from its parent's kept
+tree, and of its encoding from its parent's encoded ranges, each against the reference
+of the same computed whole (as `snapshot verify` and a parent that is not cached do),
+with the bytes of the pieces the parent's pieces do not hold. Medians of `--rounds`
+rounds.
 """
 
 from __future__ import annotations
@@ -22,24 +24,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nodes.manifest import Manifest
 
 CHUNK = 64 * 1024
-SHARES = (0.0, 0.001, 0.01, 0.224)
-"""0.224: the share of chunks that 1% of 4 KiB blocks rewritten at random touch."""
+CASES = ((0.0, "random"), (0.01, "run"), (0.001, "random"), (0.01, "random"), (0.224, "random"))
+"""Shares of the entries rewritten, at random or as one run of neighbours (a log, a database
+file). 0.224: the share of chunks that 1% of 4 KiB blocks rewritten at random touch."""
 
 
-def one_round(parent: Manifest, share: float, rng: random.Random) -> tuple[float, float]:
-    """Seconds of the child's root from the parent's tree, and computed whole."""
-    indexes = rng.sample([i for i, _ in parent.entries], int(len(parent.entries) * share))
+def one_round(parent: Manifest, share: float, where: str, rng: random.Random) -> dict[str, float]:
+    """Seconds of the child's root and encoding from the parent's, and computed whole."""
+    count = int(len(parent.entries) * share)
+    if where == "run":
+        start = rng.randrange(len(parent.entries) - count)
+        indexes = [i for i, _ in parent.entries[start : start + count]]
+    else:
+        indexes = rng.sample([i for i, _ in parent.entries], count)
     child = parent.changed(f"{rng.random():.12f}", {i: rng.randbytes(32) for i in indexes})
+    found: dict[str, float] = {}
     started = time.perf_counter()
     derived = child.root()
-    from_parent = time.perf_counter() - started
-    again = Manifest.decode(child.encode())
+    found["root"] = time.perf_counter() - started
+    started = time.perf_counter()
+    parts = child.encode_parts()
+    found["encode"] = time.perf_counter() - started
+    again = Manifest.decode(b"".join(parts))
     started = time.perf_counter()
     whole = again.root()
-    from_leaves = time.perf_counter() - started
+    found["root whole"] = time.perf_counter() - started
+    started = time.perf_counter()
+    again.encode_parts()
+    found["encode whole"] = time.perf_counter() - started
     if derived != whole:
         raise SystemExit("the root from the parent's tree differs from the whole one")
-    return from_parent, from_leaves
+    held = set(parent.encode_parts())
+    found["new bytes"] = sum(len(part) for part in parts if part not in held)
+    found["bytes"] = sum(len(part) for part in parts)
+    return found
 
 
 def main() -> None:
@@ -47,16 +65,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds per figure (median)")
     args = parser.parse_args()
     rng = random.Random(7)
-    print(f"{'entries':>9} {'rewritten':>9} {'from parent s':>14} {'whole s':>9} {'ratio':>7}")
+    print(
+        f"{'entries':>9} {'rewritten':>16} {'root s':>8} {'whole':>7} {'ratio':>6}"
+        f" {'encode s':>9} {'whole':>7} {'ratio':>6} {'new KiB':>8} {'of KiB':>8}"
+    )
     for count in (21_671, 1_000_000):
         entries = tuple((i, rng.randbytes(32)) for i in range(count))
         parent = Manifest("parent", "vm", "root", count * CHUNK, CHUNK, None, entries)
         parent.root()
-        for share in SHARES:
-            rounds = [one_round(parent, share, rng) for _ in range(args.rounds)]
-            mine = statistics.median(r[0] for r in rounds)
-            reference = statistics.median(r[1] for r in rounds)
-            print(f"{count:9d} {share:9.1%} {mine:14.4f} {reference:9.4f} {mine / reference:7.3f}")
+        parent.encode_parts()
+        for share, where in CASES:
+            rounds = [one_round(parent, share, where, rng) for _ in range(args.rounds)]
+            m = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+            print(
+                f"{count:9d} {share:8.1%} {where:>7} {m['root']:8.4f} {m['root whole']:7.4f}"
+                f" {m['root'] / m['root whole']:6.3f} {m['encode']:9.4f} {m['encode whole']:7.4f}"
+                f" {m['encode'] / m['encode whole']:6.3f} {m['new bytes'] / 1024:8.0f}"
+                f" {m['bytes'] / 1024:8.0f}"
+            )
 
 
 if __name__ == "__main__":

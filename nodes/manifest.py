@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, cast
@@ -18,6 +18,8 @@ FORMAT = 1
 PATCHED_FORMAT = 2
 LAYERED_FORMAT = 3
 ID_SIZE = 32
+RANGE = 4096
+"""Chunk indexes whose entries (and patches) are encoded, and stored, as one piece."""
 DERIVE_SHARE = 8
 """A child's tree comes from its parent's when at most 1/8 of the entries changed; past
 that, rehashing the changed paths costs about as much as the whole tree."""
@@ -122,11 +124,59 @@ class Manifest:
 
     def encode(self) -> bytes:
         """The stored form."""
-        body = self._fields()
-        body["entries"] = [[index, chunk_id] for index, chunk_id in self.entries]
+        return b"".join(self.encode_parts())
+
+    def encode_parts(self) -> list[bytes]:
+        """The stored form, cut where the entries (and patches) of each `RANGE` indexes start.
+
+        The parts joined are the canonical CBOR of the whole manifest. Every part that
+        holds one range's rows is the same bytes in each manifest where those rows are the
+        same, so a child's unchanged ranges are pieces its parent already stored; the
+        fields between the ranges are parts of their own.
+        """
+        fields: dict[str, Any] = self._fields()
+        fields["entries"] = self._entry_ranges
         if self.patches:
-            body["patches"] = [patch.row(index) for index, patch in sorted(self.patches.items())]
-        return cbor2.dumps(body, canonical=True)
+            fields["patches"] = self._patch_ranges
+        parts: list[bytes] = []
+        glue = bytearray(_head(0xA0, len(fields)))
+        for key in sorted(fields, key=_canonical_key):
+            glue += cbor2.dumps(key)
+            value = fields[key]
+            if not isinstance(value, dict):
+                glue += cbor2.dumps(value, canonical=True)
+                continue
+            glue += _head(0x80, sum(count for count, _body in value.values()))
+            for _range, (_count, body) in sorted(value.items()):
+                parts += [bytes(glue), body]
+                glue = bytearray()
+        parts.append(bytes(glue))
+        return [part for part in parts if part]
+
+    @cached_property
+    def _entry_ranges(self) -> dict[int, tuple[int, bytes]]:
+        """Range number -> (rows, encoded rows without their array head) of the entries."""
+        return self._encoded_ranges("_known_entry_ranges", self.entries, lambda i, c: [i, c])
+
+    @cached_property
+    def _patch_ranges(self) -> dict[int, tuple[int, bytes]]:
+        """Range number -> (rows, encoded rows without their array head) of the patches."""
+        patches = sorted(self.patches.items())
+        return self._encoded_ranges("_known_patch_ranges", patches, lambda i, p: p.row(i))
+
+    def _encoded_ranges(
+        self,
+        held: str,
+        items: Iterable[tuple[int, Any]],
+        row: Callable[[int, Any], list[Any]],
+    ) -> dict[int, tuple[int, bytes]]:
+        """Every range of `items` encoded, reusing those `changed` left under `held`."""
+        known: dict[int, tuple[int, bytes]] = self.__dict__.pop(held, {})
+        rows: dict[int, list[list[Any]]] = {}
+        for index, item in items:
+            if index // RANGE not in known:
+                rows.setdefault(index // RANGE, []).append(row(index, item))
+        return known | {number: _rows(found) for number, found in rows.items()}
 
     @classmethod
     def decode(cls, blob: bytes) -> Manifest:
@@ -202,6 +252,12 @@ class Manifest:
             entries=tuple(sorted(merged.items())),
             patches=patched,
         )
+        dirty = {index // RANGE for index in changes}
+        for name in ("_entry_ranges", "_patch_ranges"):
+            encoded = self.__dict__.get(name)
+            if encoded is not None:
+                kept = {n: rows for n, rows in encoded.items() if n not in dirty}
+                child.__dict__[f"_known{name}"] = kept
         held = self.__dict__.get("tree")
         few = len(changes) * DERIVE_SHARE <= len(self.entries)
         if held is not None and few and len(child.entries) == len(self.entries):
@@ -229,6 +285,28 @@ class Manifest:
     def stored_size(self) -> int:
         """Bytes of disk data the entries stand for (holes excluded)."""
         return sum(min(self.chunk_size, self.size - i * self.chunk_size) for i, _ in self.entries)
+
+
+def _head(major: int, count: int) -> bytes:
+    """The CBOR head of an array (major 0x80) or map (0xA0) of `count` items."""
+    if count < 24:
+        return bytes((major | count,))
+    for extra, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if count < 1 << (8 * size):
+            return bytes((major | extra,)) + count.to_bytes(size, "big")
+    raise ValueError("too many items")
+
+
+def _canonical_key(key: str) -> tuple[int, bytes]:
+    """Canonical CBOR's order of map keys: shorter encodings first, then bytewise."""
+    encoded = cbor2.dumps(key)
+    return len(encoded), encoded
+
+
+def _rows(rows: list[list[Any]]) -> tuple[int, bytes]:
+    """How many rows, and their canonical CBOR one after another (an array without its head)."""
+    encoded = cbor2.dumps(rows, canonical=True)
+    return len(rows), encoded[len(_head(0x80, len(rows))) :]
 
 
 def _layers_fit(layers: tuple[Layer, ...], full: int) -> bool:

@@ -29,14 +29,18 @@ async def put_blobs(cluster: BackupCluster, codec: ChunkCodec, plain: list[bytes
 async def store_manifest(cluster: BackupCluster, codec: ChunkCodec, manifest: Manifest) -> bytes:
     """Store a manifest; return the id of its index chunk.
 
-    The encoded manifest is cut into 4 MiB pieces, each stored as a chunk; the
-    index chunk is canonical CBOR ``{"manifest": [piece ids], "length": bytes}``.
-    The pieces and the index go to the cluster together, in one round.
+    The encoded manifest is cut into pieces, each stored as a chunk: the rows of each
+    range of chunk indexes (`Manifest.encode_parts`), and the fields between them, each
+    cut again at 4 MiB. A range that did not change since the parent is a piece the
+    cluster already holds, and is not sent again. The index chunk is canonical CBOR
+    ``{"manifest": [piece ids], "length": bytes}``. The pieces and the index go to the
+    cluster together, in one round.
     """
-    blob = manifest.encode()
-    pieces = [blob[i : i + PIECE] for i in range(0, len(blob), PIECE)] or [b""]
+    parts = manifest.encode_parts()
+    pieces = [part[i : i + PIECE] for part in parts for i in range(0, len(part), PIECE)] or [b""]
     piece_ids = [codec.chunk_id(p) for p in pieces]
-    index = cbor2.dumps({"manifest": piece_ids, "length": len(blob)}, canonical=True)
+    length = sum(len(p) for p in pieces)
+    index = cbor2.dumps({"manifest": piece_ids, "length": length}, canonical=True)
     return (await put_blobs(cluster, codec, [*pieces, index]))[-1]
 
 

@@ -235,6 +235,40 @@ def test_a_manifest_of_several_pieces_is_stored_in_one_round_and_loads_back(
     assert set(stored[first_put:]) == {"chunk.put_many"}
 
 
+def test_a_childs_manifest_sends_only_the_pieces_of_its_changed_range(net: Deployment) -> None:
+    config = load_config(net.config, {})
+    entries = tuple((i, blake3.blake3(b"child %d" % i).digest()) for i in range(40_000))
+    parent = Manifest("a" * 64, "web-01", "root", len(entries) << 16, 1 << 16, None, entries)
+    child = parent.changed("b" * 64, {20_000: bytes(32)})
+
+    async def go() -> tuple[list[int], Manifest]:
+        peers = Peers(config, "test")
+        sent: list[int] = []
+        call = peers.call
+
+        async def counted(node: str, op: str, args: dict[str, Any], **kwargs: Any) -> Any:
+            if op == "chunk.put_many":
+                sent.append(sum(len(blob) for _id, blob in args["items"]))
+            return await call(node, op, args, **kwargs)
+
+        peers.call = counted  # type: ignore[method-assign]
+        try:
+            cluster = BackupCluster(peers, node_names(config, "backup"), config.topology.replicas)
+            await store_manifest(cluster, net.codec(), parent)
+            parent_sent = sum(sent)
+            child_id = await store_manifest(cluster, net.codec(), child)
+            return [parent_sent, sum(sent) - parent_sent], await load_manifest(
+                cluster, net.codec(), child_id
+            )
+        finally:
+            await peers.close()
+
+    (parent_sent, child_sent), loaded = asyncio.run(go())
+    assert loaded == child
+    # One range of 4,096 entries (about 160 KB, twice), its glue and the index, not 1.6 MB.
+    assert child_sent < parent_sent / 4, (parent_sent, child_sent)
+
+
 def test_transfer_stores_the_frozen_view_not_later_writes(net: Deployment) -> None:
     url = _url(net)
     target = {"vm": "web-01", "resource_id": "root"}

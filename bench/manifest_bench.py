@@ -6,8 +6,10 @@ a child manifest's entries was rewritten (`Manifest.changed`, as the transfer no
 for an incremental snapshot): the seconds of its Merkle root from its parent's kept
 tree, and of its encoding from its parent's encoded ranges, each against the reference
 of the same computed whole (as `snapshot verify` and a parent that is not cached do),
-with the bytes of the pieces the parent's pieces do not hold. Medians of `--rounds`
-rounds.
+with the bytes of the pieces the parent's pieces do not hold. The reference child is
+made the same way from the same parent decoded afresh, with neither tree nor ranges. Then
+the seconds of decoding each parent, against the same decoding with the cyclic garbage
+collector running (as before `Manifest.decode` paused it). Medians of `--rounds` rounds.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def one_round(parent: Manifest, share: float, where: str, rng: random.Random) ->
         indexes = [i for i, _ in parent.entries[start : start + count]]
     else:
         indexes = rng.sample([i for i, _ in parent.entries], count)
-    child = parent.changed(f"{rng.random():.12f}", {i: rng.randbytes(32) for i in indexes})
+    snapshot, changes = f"{rng.random():.12f}", {i: rng.randbytes(32) for i in indexes}
+    child = parent.changed(snapshot, changes)
     found: dict[str, float] = {}
     started = time.perf_counter()
     derived = child.root()
@@ -45,15 +48,16 @@ def one_round(parent: Manifest, share: float, where: str, rng: random.Random) ->
     started = time.perf_counter()
     parts = child.encode_parts()
     found["encode"] = time.perf_counter() - started
-    again = Manifest.decode(b"".join(parts))
+    # The reference: the same child of the same parent loaded afresh, with no tree or ranges.
+    again = Manifest.decode(parent.encode()).changed(snapshot, changes)
     started = time.perf_counter()
     whole = again.root()
     found["root whole"] = time.perf_counter() - started
     started = time.perf_counter()
     again.encode_parts()
     found["encode whole"] = time.perf_counter() - started
-    if derived != whole:
-        raise SystemExit("the root from the parent's tree differs from the whole one")
+    if derived != whole or b"".join(parts) != again.encode():
+        raise SystemExit("the child from the parent's tree and ranges differs from the whole one")
     held = set(parent.encode_parts())
     found["new bytes"] = sum(len(part) for part in parts if part not in held)
     found["bytes"] = sum(len(part) for part in parts)
@@ -69,9 +73,11 @@ def main() -> None:
         f"{'entries':>9} {'rewritten':>16} {'root s':>8} {'whole':>7} {'ratio':>6}"
         f" {'encode s':>9} {'whole':>7} {'ratio':>6} {'new KiB':>8} {'of KiB':>8}"
     )
+    parents = []
     for count in (21_671, 1_000_000):
         entries = tuple((i, rng.randbytes(32)) for i in range(count))
         parent = Manifest("parent", "vm", "root", count * CHUNK, CHUNK, None, entries)
+        parents.append(parent)
         parent.root()
         parent.encode_parts()
         for share, where in CASES:
@@ -83,6 +89,24 @@ def main() -> None:
                 f" {m['encode'] / m['encode whole']:6.3f} {m['new bytes'] / 1024:8.0f}"
                 f" {m['bytes'] / 1024:8.0f}"
             )
+    print(f"{'entries':>9} {'decode s':>9} {'collector running s':>20} {'ratio':>6}")
+    for parent in parents:
+        paused, running = decode_times(parent, args.rounds)
+        print(f"{len(parent.entries):9d} {paused:9.4f} {running:20.4f} {paused / running:6.3f}")
+
+
+def decode_times(parent: Manifest, rounds: int) -> tuple[float, float]:
+    """Median seconds of decoding `parent`: as `Manifest.decode` does, and collector running."""
+    blob = parent.encode()
+    paused, running = [], []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        Manifest.decode(blob)
+        paused.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        Manifest._decode(blob)
+        running.append(time.perf_counter() - started)
+    return statistics.median(paused), statistics.median(running)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import random
 
 import cbor2
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nodes.errors import ManifestCorrupted
 from nodes.manifest import RANGE, Manifest
 from nodes.patches import Patch
 
@@ -88,3 +91,17 @@ def test_a_decoded_parent_encodes_its_child_whole_and_alike() -> None:
     child = parent.changed("c" * 64, {parent.entries[0][0]: None})
 
     assert child.encode() == _canonical(child)
+
+
+def test_decoding_leaves_the_garbage_collector_as_it_found_it() -> None:
+    blob = _manifest(random.Random(5), 300, 0.1).encode()
+    try:
+        for enabled in (True, False):
+            gc.enable() if enabled else gc.disable()
+            Manifest.decode(blob)
+            with pytest.raises(ManifestCorrupted):
+                Manifest.decode(blob[:-3])
+
+            assert gc.isenabled() == enabled
+    finally:
+        gc.enable()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 HASH = 32
 """Bytes of a SHA-256 digest: every node of a tree."""
@@ -24,13 +24,21 @@ def merkle_root(leaves: Sequence[bytes]) -> bytes:
     """The Merkle Tree Hash of `leaves` (leaf data, not hashes); SHA-256("") when empty."""
     if not leaves:
         return hashlib.sha256(b"").digest()
+    for level in _levels(leaves):
+        top = level  # each level below is dropped once the next is built
+    return top[0]
+
+
+def _levels(leaves: Sequence[bytes]) -> Iterator[list[bytes]]:
+    """The hashes of each level, leaves first: pairs hashed, an odd last node going up."""
     level = [leaf_hash(leaf) for leaf in leaves]
+    yield level
     while len(level) > 1:
         paired = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
         if len(level) % 2:
             paired.append(level[-1])
         level = paired
-    return level[0]
+        yield level
 
 
 class MerkleTree:
@@ -47,15 +55,7 @@ class MerkleTree:
     @classmethod
     def of(cls, leaves: Sequence[bytes]) -> MerkleTree:
         """The tree over `leaves` (leaf data, not hashes)."""
-        level = [leaf_hash(leaf) for leaf in leaves]
-        levels = [bytearray(b"".join(level))]
-        while len(level) > 1:
-            paired = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-            if len(level) % 2:
-                paired.append(level[-1])
-            level = paired
-            levels.append(bytearray(b"".join(level)))
-        return cls(levels)
+        return cls([bytearray(b"".join(level)) for level in _levels(leaves)])
 
     def __len__(self) -> int:
         """The number of leaves."""
@@ -74,10 +74,10 @@ class MerkleTree:
         levels = [bytearray(level) for level in self._levels]
         for position, data in changed.items():
             levels[0][position * HASH : (position + 1) * HASH] = leaf_hash(data)
-        dirty = sorted(changed)
+        dirty = set(changed)
         for below, above in itertools.pairwise(levels):
             count = len(below) // HASH
-            dirty = sorted({position // 2 for position in dirty})
+            dirty = {position // 2 for position in dirty}
             for parent in dirty:
                 left = 2 * parent
                 node = (
